@@ -1,0 +1,55 @@
+"""The `ntkit` command: `ntkit demo` and `ntkit report`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+
+# subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
+_COMMANDS = {
+    "demo": ("ntkit._demo", "finite-width NTKs against the infinite-width NTK, by width (under a minute)"),
+    "report": ("ntkit.report._cli", "the NTK theory end to end on real training, as an HTML report with figures"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ntkit", description="Neural Tangent Kernels in PyTorch: kernels, dynamics, analyses and reports."
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ntkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ntkit` command; returns the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    start = time.perf_counter()
+    try:
+        status = importlib.import_module(args._module).run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        # Bad input: one clear line, no traceback.
+        print(f"ntkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
