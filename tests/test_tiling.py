@@ -20,7 +20,7 @@ def test_blocks_cover_upper_triangle_once():
 def test_tile_size_respects_budget():
     side = tiling.tile_size(10 * 2**20, 8, 6.0)
     assert 6 * 8 * side**2 <= 10 * 2**20
-    assert tiling.tile_size(2**40, 8, 6.0) <= 1024
+    assert tiling.tile_size(2**40, 8, 6.0) <= tiling._PREFERRED_TILE
 
 
 def test_fingerprint_changes_with_data():

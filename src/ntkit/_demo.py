@@ -1,9 +1,9 @@
 """`ntkit demo`: how far the NTK of finite networks is from the infinite-width NTK, width by width.
 
-The built-in example: a two-hidden-layer ReLU network (NTK parametrization, b_std = 0.1) on 48 points of the
-unit circle in R^2 lifted to R^8 by a fixed random rotation. For each width m, several networks are drawn by
-`Serial.build` and their empirical NTK is compared with the analytic one; the relative Frobenius error
-||T_m - T_inf||_F / ||T_inf||_F falls like m**-1/2 (Jacot et al. 2018; Hanin & Nica 2020 for the fluctuations).
+The built-in example: a ReLU network with two hidden layers (NTK parametrization, b_std = 0.1) on 48 points of a
+great circle of the unit sphere in R^8. At each width m several networks are drawn by `Serial.build`, and the
+relative Frobenius error ||T_m - T_inf||_F / ||T_inf||_F of their empirical NTK against the analytic one is
+reported; it falls like m**-1/2 (Jacot et al. 2018; Hanin & Nica 2020 for the size of the fluctuations).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import math
 
 import torch
-from tqdm.auto import tqdm
 
+from ._validation import check_int
 from .layers import ReLU, mlp
 
 
@@ -21,42 +21,36 @@ def example_inputs(n: int = 48, dim: int = 8, dtype: torch.dtype = torch.float64
     """n points on a great circle of the unit sphere in R^dim (a fixed rotation of the unit circle in R^2)."""
     angle = torch.linspace(0, 2 * math.pi, n + 1, dtype=dtype)[:-1]
     circle = torch.stack([angle.cos(), angle.sin()], dim=1)
-    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(0), dtype=dtype))
+    rotation, _ = torch.linalg.qr(
+        torch.randn(dim, dim, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    )
     return circle @ rotation[:2]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024, 4096], help="hidden widths")
-    parser.add_argument("--seeds", type=int, default=4, help="networks drawn per width")
-    parser.add_argument("--depth", type=int, default=2, help="hidden layers")
+    parser.add_argument("--seeds", type=int, default=4, help="networks drawn per width (default 4)")
+    parser.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .empirical import empirical_ntk
+    from .analysis import width_study
 
-    if args.seeds < 1 or args.depth < 1 or min(args.widths) < 1:
-        raise ValueError("--widths, --seeds and --depth must be positive")
+    depth = check_int(args.depth, "--depth", minimum=1)
     x = example_inputs().to(args.device)
-    arch = mlp(args.depth, 1, activation=ReLU(), b_std=0.1)
-    t_inf = arch.kernel(x, get="ntk").ntk
-    print(f"{arch!r}\ninputs: {x.shape[0]} points of dimension {x.shape[1]}, float64, on {x.device}\n")
-    print(f"{'width':>8} {'rel. error ||T_m - T_inf||_F / ||T_inf||_F':>46}  {'x sqrt(width)':>14}")
-    errors = []
-    work = [(w, s) for w in args.widths for s in range(args.seeds)]
-    per_width: dict[int, list[float]] = {w: [] for w in args.widths}
-    for width, seed in tqdm(work, desc="empirical NTKs", unit="net", leave=False):
-        net = mlp(args.depth, width, activation=ReLU(), b_std=0.1).build(x.shape[1], seed=seed, dtype=x.dtype)
-        t_m = empirical_ntk(net.to(x.device), x)
-        per_width[width].append(float(torch.linalg.norm(t_m - t_inf) / torch.linalg.norm(t_inf)))
-    for width in args.widths:
-        e = torch.tensor(per_width[width], dtype=torch.float64)
-        mean, std = float(e.mean()), float(e.std()) if len(e) > 1 else 0.0
-        errors.append(mean)
-        print(f"{width:>8} {mean:>32.4f} +- {std:.4f} (n={len(e)})  {mean * math.sqrt(width):>14.3f}")
-    if len(args.widths) > 1:
-        logw = torch.tensor([math.log(w) for w in args.widths], dtype=torch.float64)
-        loge = torch.tensor([math.log(e) for e in errors], dtype=torch.float64)
-        slope = float(((logw - logw.mean()) * (loge - loge.mean())).sum() / ((logw - logw.mean()) ** 2).sum())
-        print(f"\nfitted log-log slope: {slope:+.3f}  (theory: -0.5; the error shrinks like width**-1/2)")
+    print(
+        f"ReLU network, {depth} hidden layers, NTK parametrization, b_std = 0.1; "
+        f"{x.shape[0]} inputs on a circle in R^{x.shape[1]}, float64, {x.device}"
+    )
+    study = width_study(
+        lambda m: mlp(depth, m, activation=ReLU(), b_std=0.1), x, args.widths, args.seeds, progress=True
+    )
+    print(f"\n{'width':>8}  {'||T_m - T_inf||_F / ||T_inf||_F':>32}  {'error x sqrt(width)':>20}")
+    for width, mean, std in zip(study.widths, study.mean.tolist(), study.std.tolist(), strict=True):
+        spread = f"{mean:.4f} +- {std:.4f}"
+        print(f"{width:>8}  {spread:>32}  {mean * math.sqrt(width):>20.3f}")
+    print(f"\nmean over {len(study.seeds)} networks per width (+- their standard deviation)")
+    if len(study.widths) > 1:
+        print(f"fitted log-log slope: {study.slope:+.3f}  (theory: -0.5, the error shrinks like width**-1/2)")
     return 0

@@ -116,8 +116,11 @@ def test_zero_inputs_and_duplicates_are_finite_and_exact():
     arch = mlp(4, 1, b_std=0.0)  # no bias: zero inputs stay at zero variance through every layer
     k = arch.kernel(x)
     assert torch.isfinite(k.nngp).all() and torch.isfinite(k.ntk).all()
-    assert torch.equal(k.ntk[5:7, 5:7], k.ntk[:2, :2])  # duplicated rows: bit for bit
-    assert torch.equal(k.ntk[5:7], k.ntk[:2])
+    # A duplicate pair sees theta = 0 exactly, so it equals the diagonal bit for bit.
+    assert torch.equal(k.ntk[:2, 5:7].diagonal(), k.ntk[:2, :2].diagonal())
+    # Elsewhere a duplicated row may differ by an ulp: vectorised and scalar tails of elementwise kernels round
+    # differently depending on an entry's position in memory.
+    torch.testing.assert_close(k.ntk[5:7], k.ntk[:2], rtol=4e-16, atol=1e-16)
     assert torch.equal(k.nngp[7:], torch.zeros(2, 9, dtype=torch.float64))
     # with a bias a zero input has the variance of the bias alone: S = b^2 after the first layer
     kb = mlp(1, 1, b_std=0.5, w_std=1.0).kernel(torch.zeros(1, 3, dtype=torch.float64))
