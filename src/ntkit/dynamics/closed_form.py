@@ -1,0 +1,216 @@
+"""Closed-form outputs of a network trained by gradient descent on squared loss, given its NTK (Lee et al.).
+
+A network that stays in its linear regime (infinite width, or its linearization; Jacot et al. 2018; Lee et al.
+2019, "Wide neural networks of any depth evolve as linear models under gradient descent") trained on the loss
+
+    reduction="sum":   L = 1/2 sum ||f(x_i) - y_i||^2                     (N = 1)
+    reduction="mean":  L = 1/(2N) sum ||f(x_i) - y_i||^2, N = y.numel()   (what training code usually does)
+
+with learning rate eta has, with T = T(X, X) its NTK on the training points,
+
+    f_t(X) = y + exp(-eta T t / N) (f_0(X) - y)
+    f_t(x) = f_0(x) + T(x, X) T^-1 (I - exp(-eta T t / N)) (y - f_0(X))
+
+for gradient flow (steps="continuous"), and the same with exp(-eta T t / N) replaced by (I - eta T / N)**t for
+plain gradient-descent steps (steps="discrete"). Time convention: t counts gradient steps of size eta in both
+cases, so a real run of s steps is compared with t = s (exactly for discrete steps; as its gradient-flow
+limit for continuous ones). t = inf is kernel regression. With k outputs the kernel acts as T (x) I_k: each
+output column evolves independently with the same T.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from .._validation import check_choice, check_int, check_real
+from ._spectral import (
+    REDUCTIONS,
+    STEP_KINDS,
+    Spectrum,
+    as_times,
+    check_cross_kernel,
+    check_labels,
+    check_outputs,
+    check_train_kernel,
+    label_entries,
+)
+
+__all__ = ["MSEPredictor", "gradient_descent_mse", "max_learning_rate"]
+
+
+def max_learning_rate(
+    k_train_train: torch.Tensor,
+    *,
+    y_train_size: int | None = None,
+    reduction: str = "mean",
+    diag_reg: float = 0.0,
+) -> float:
+    """The largest learning rate for which discrete gradient descent on squared loss converges: 2 N / lam_max.
+
+    Gradient descent multiplies the residual's component along an eigenvector of T by (1 - eta lam / N) per
+    step, so it converges iff eta < 2 N / lam_max (Lee et al. 2019, sec. 2.4; beyond it the top direction
+    oscillates with growing amplitude). Below N / lam_max every direction decays monotonically.
+
+    Args:
+        k_train_train: the NTK on the training points, (n, n), symmetric positive semi-definite.
+        y_train_size: N for reduction="mean", the number of label entries (n * outputs); default n.
+        reduction: "mean" or "sum" (N = 1), as in `gradient_descent_mse`.
+        diag_reg: the regularisation of `gradient_descent_mse` (adds diag_reg * trace(T) / n to the diagonal).
+    """
+    check_choice(reduction, "reduction", REDUCTIONS)
+    diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
+    k = check_train_kernel(k_train_train)
+    n = k.shape[0]
+    entries = n if y_train_size is None else check_int(y_train_size, "y_train_size", minimum=n)
+    if reduction == "sum":
+        entries = 1
+    if diag_reg:
+        k = k + diag_reg * float(torch.diagonal(k).sum()) / n * torch.eye(n, dtype=k.dtype, device=k.device)
+    lam_max = float(torch.linalg.eigvalsh(k)[-1])
+    if not lam_max > 0:
+        raise ValueError(f"k_train_train has no positive eigenvalue (largest {lam_max:.3g})")
+    return 2.0 * entries / lam_max
+
+
+class MSEPredictor:
+    """Outputs of squared-loss gradient descent at any time t, from one cached eigendecomposition of T.
+
+    Made by `gradient_descent_mse`; call it as `predict(t, fx_train_0, fx_test_0=None, k_test_train=None)`.
+    Attributes: `eigenvalues`, `eigenvectors` (of the regularised T, round-off eigenvalues set to 0),
+    `max_learning_rate` (2 N / lam_max, the discrete-step stability bound), `learning_rate`, `reduction`,
+    `steps`, `label_entries` (N).
+    """
+
+    def __init__(
+        self,
+        k_train_train: Any,
+        y_train: Any,
+        *,
+        learning_rate: float,
+        diag_reg: float,
+        reduction: str,
+        steps: str,
+    ) -> None:
+        self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
+        self.steps = check_choice(steps, "steps", STEP_KINDS)
+        self.learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+        self.diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
+        k = check_train_kernel(k_train_train, "k_train_train")
+        self._y, self._y_was_1d = check_labels(y_train, k.shape[0], "y_train", like=k)
+        self._like = k
+        self.label_entries = label_entries(self._y, self.reduction)
+        self._rate = self.learning_rate / self.label_entries
+        self._spectrum = Spectrum(k, self.diag_reg, "k_train_train")
+        self.eigenvalues = self._spectrum.eigenvalues
+        self.eigenvectors = self._spectrum.eigenvectors
+        self.max_learning_rate = self._spectrum.max_learning_rate(self.label_entries)
+        if self.steps == "discrete" and self.learning_rate >= self.max_learning_rate:
+            warnings.warn(
+                f"learning_rate={self.learning_rate:.6g} is at or above the largest stable rate "
+                f"{self.max_learning_rate:.6g} (2 N / lam_max, N = {self.label_entries}) of discrete steps: "
+                f"the predicted outputs oscillate and diverge",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def __call__(
+        self,
+        t: Any = None,
+        fx_train_0: Any = 0.0,
+        fx_test_0: Any = None,
+        k_test_train: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Train outputs at time(s) t, or (train, test) outputs when `k_test_train` is given.
+
+        Args:
+            t: a number of steps (scalar), a 1-D tensor of them (the results get a leading time axis), or
+                None / inf for kernel regression. Must be >= 0, and whole numbers when steps="discrete".
+            fx_train_0: the outputs at initialisation on the training points, shaped like y_train (a number is
+                broadcast; 0 is the usual choice for an ensemble-mean prediction).
+            fx_test_0: initial outputs on the test points, (m,) or (m, k); default 0.
+            k_test_train: the NTK between test and training points, (m, n).
+        """
+        like = self._like
+        n, outputs = self._y.shape
+        times, scalar = as_times(t, "t", discrete=self.steps == "discrete", like=like)
+        f0 = check_outputs(fx_train_0, n, outputs, self._y_was_1d, "fx_train_0", like)
+        k_cross = None
+        if k_test_train is not None:
+            k_cross = check_cross_kernel(k_test_train, n, "k_test_train", like)
+            m = k_cross.shape[0]
+            f0_test = (
+                torch.zeros((m, outputs), dtype=like.dtype, device=like.device)
+                if fx_test_0 is None
+                else check_outputs(fx_test_0, m, outputs, self._y_was_1d, "fx_test_0", like)
+            )
+        elif fx_test_0 is not None:
+            raise ValueError("fx_test_0 was given without k_test_train: pass the test-train NTK as well")
+
+        g, h = self._spectrum.decay(times, self._rate, self.steps == "discrete")
+        v = self.eigenvectors
+        residual = v.T @ (f0 - self._y)  # (n, k) in the eigenbasis
+        train = self._y + _apply_modes(v, g, residual)
+        train = self._shape(train, scalar)
+        if k_cross is None:
+            return train
+        test = f0_test - _apply_modes(k_cross @ v, h, residual)
+        return train, self._shape(test, scalar)
+
+    def _shape(self, out: torch.Tensor, scalar: bool) -> torch.Tensor:
+        if self._y_was_1d:
+            out = out[..., 0]
+        return out[0] if scalar else out
+
+
+def _apply_modes(left: torch.Tensor, weights: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """left @ diag(weights[s]) @ coefficients for every time s, as one matrix product: (T, rows, k)."""
+    count, n = weights.shape
+    k = coefficients.shape[1]
+    scaled = weights[:, :, None] * coefficients[None, :, :]  # (T, n, k)
+    stacked = scaled.permute(1, 0, 2).reshape(n, count * k)
+    out = left @ stacked  # (rows, T * k)
+    return out.reshape(left.shape[0], count, k).permute(1, 0, 2)
+
+
+def gradient_descent_mse(
+    k_train_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    learning_rate: float = 1.0,
+    diag_reg: float = 0.0,
+    reduction: str = "mean",
+    steps: str = "continuous",
+) -> MSEPredictor:
+    """Closed-form outputs of squared-loss gradient descent with NTK `k_train_train` (Lee et al. 2019, eq. 9).
+
+    See the module docstring for the formulas and the time convention (t = number of steps of size
+    learning_rate). The kernel is decomposed once here (T + diag_reg * trace(T)/n * I = V diag(lam) V^T);
+    every call of the returned predictor is then matrix products only, for any number of times.
+
+    Args:
+        k_train_train: NTK on the training points, (n, n), symmetric PSD (e.g. `arch.kernel(x).ntk`, or
+            `empirical_ntk(model, x)`). Results take its dtype and device.
+        y_train: labels, (n,) or (n, k); with k outputs the kernel acts as T (x) I_k.
+        learning_rate: eta.
+        diag_reg: adds diag_reg * trace(T) / n to T's diagonal; use it for singular kernels (duplicates).
+        reduction: "mean" (loss 1/(2N) sum of squares over N = y.numel() entries) or "sum" (1/2 sum).
+        steps: "continuous" (gradient flow, exp(-eta T t / N)) or "discrete" ((I - eta T / N)**t).
+
+    Returns:
+        An `MSEPredictor`: `predict(t, fx_train_0, fx_test_0=None, k_test_train=None)`.
+
+    Warns:
+        RuntimeWarning when T is singular or ill-conditioned to working precision (use diag_reg), and when
+        steps="discrete" and learning_rate is at or above the stable bound 2 N / lam_max (which it states).
+    """
+    return MSEPredictor(
+        k_train_train,
+        y_train,
+        learning_rate=learning_rate,
+        diag_reg=diag_reg,
+        reduction=reduction,
+        steps=steps,
+    )

@@ -1,0 +1,350 @@
+"""Mean and covariance over random initialisations of infinitely wide networks trained on squared loss.
+
+At initialisation an infinitely wide network is a Gaussian process f_0 ~ GP(0, K) with K its NNGP kernel, and
+training by gradient flow is linear in f_0 (Lee et al. 2019, sec. 2.3; Jacot et al. 2018). With T the NTK,
+X the training points, N the label entries of the loss (see `gradient_descent_mse`) and
+
+    E_t = I - exp(-eta T(X, X) t / N)        (I - (I - eta T / N)**t for discrete steps)
+    A_t(x) = T(x, X) T(X, X)^-1 E_t,
+
+the outputs at time t are Gaussian with
+
+    mean(x)      = A_t(x) y
+    cov(x, x')   = K(x, x') + A_t(x) K(X, X) A_t(x')^T - A_t(x) K(X, x') - K(x, X) A_t(x')^T.
+
+get="ntk" is training every layer; get="nngp" is training the last layer only, whose NTK is K itself, so T is
+replaced by K (the NNGP posterior mean and covariance at t = inf). With k outputs the outputs are independent,
+each with this covariance (it is returned once, (m, m)); the mean has y's shape. diag_reg regularises the
+kernel that is inverted and exponentiated (T(X, X), or K(X, X) for "nngp"), as in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._validation import as_float_tensor, check_choice, check_pair, check_real
+from ._spectral import (
+    REDUCTIONS,
+    STEP_KINDS,
+    Spectrum,
+    as_times,
+    check_cross_kernel,
+    check_labels,
+    check_train_kernel,
+    label_entries,
+)
+
+__all__ = [
+    "EnsemblePrediction",
+    "EnsemblePredictor",
+    "Gaussian",
+    "gp_inference",
+    "gradient_descent_mse_ensemble",
+]
+
+KINDS = ("nngp", "ntk")
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Mean, shaped like the labels ((m,) or (m, k); a leading time axis for several times), and covariance
+    (m, m) of one output (None unless requested)."""
+
+    mean: torch.Tensor
+    covariance: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class EnsemblePrediction:
+    """Predictions of the ensemble trained with the NNGP (last layer only) and with the NTK (all layers).
+
+    A kind that was not requested through `get` is None.
+    """
+
+    nngp: Gaussian | None = None
+    ntk: Gaussian | None = None
+
+
+def _requested(get: str | Sequence[str]) -> tuple[str, ...]:
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names:
+        raise ValueError("get must name at least one of 'nngp', 'ntk'")
+    for name in names:
+        check_choice(name, "get", KINDS)
+    return tuple(dict.fromkeys(names))
+
+
+def _kernel_part(kernel: Any, kind: str, name: str) -> Any:
+    """kernel.nngp / kernel.ntk of a `ntkit.layers.Kernel` (or a mapping with those keys)."""
+    value = kernel.get(kind) if isinstance(kernel, dict) else getattr(kernel, kind, None)
+    if value is None:
+        raise ValueError(f"{name} has no {kind!r} matrix; compute it with get=('nngp', 'ntk')")
+    return value
+
+
+class _EnsembleCore:
+    """Shared evaluation of the mean and covariance from kernel matrices, one eigendecomposition per kind."""
+
+    def __init__(
+        self,
+        k_train: torch.Tensor,
+        t_train: torch.Tensor | None,
+        y: torch.Tensor,
+        y_was_1d: bool,
+        *,
+        learning_rate: float,
+        diag_reg: float,
+        reduction: str,
+        steps: str,
+    ) -> None:
+        self.k_train = k_train
+        self.t_train = t_train
+        self.y = y
+        self.y_was_1d = y_was_1d
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+        self.reduction = reduction
+        self.steps = steps
+        self.rate = learning_rate / label_entries(y, reduction)
+        self._spectra: dict[str, Spectrum] = {}
+
+    def spectrum(self, kind: str) -> Spectrum:
+        if kind not in self._spectra:
+            matrix = self.k_train if kind == "nngp" else self.t_train
+            spectrum = Spectrum(matrix, self.diag_reg, f"the training {kind.upper()} kernel")
+            bound = spectrum.max_learning_rate(label_entries(self.y, self.reduction))
+            if self.steps == "discrete" and self.learning_rate >= bound:
+                warnings.warn(
+                    f"learning_rate={self.learning_rate:.6g} is at or above the largest stable rate "
+                    f"{bound:.6g} (2 N / lam_max of the {kind.upper()} kernel) of discrete steps: the "
+                    f"prediction diverges",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            self._spectra[kind] = spectrum
+        return self._spectra[kind]
+
+    def moments(
+        self,
+        kind: str,
+        times: torch.Tensor,
+        scalar: bool,
+        cross_train: torch.Tensor,
+        cross_nngp: torch.Tensor | None,
+        k_test_test: torch.Tensor | None,
+    ) -> Gaussian:
+        """`cross_train` is T(x, X) (or K(x, X) for "nngp"); `cross_nngp` is K(x, X)."""
+        spectrum = self.spectrum(kind)
+        _, h = spectrum.decay(times, self.rate, self.steps == "discrete")
+        v = spectrum.eigenvectors
+        left = cross_train @ v  # (m, n)
+        a = (left[None, :, :] * h[:, None, :]) @ v.T  # A_t, (T, m, n)
+        mean = a @ self.y  # (T, m, k)
+        covariance = None
+        if k_test_test is not None and cross_nngp is not None:
+            ak = a @ cross_nngp.T  # A_t K(X, x'), (T, m, m)
+            covariance = k_test_test + a @ self.k_train @ a.transpose(1, 2) - ak - ak.transpose(1, 2)
+            covariance = (covariance + covariance.transpose(1, 2)) / 2
+        if self.y_was_1d:
+            mean = mean[..., 0]
+        if scalar:
+            mean = mean[0]
+            covariance = None if covariance is None else covariance[0]
+        return Gaussian(mean=mean, covariance=covariance)
+
+
+class EnsemblePredictor:
+    """Mean and covariance of infinitely wide networks of one architecture trained on (x_train, y_train).
+
+    Made by `gradient_descent_mse_ensemble`; call it as `predict(t=None, x_test=None, get=("nngp", "ntk"),
+    compute_cov=False)`. The training kernels are computed once (attribute `kernel_train_train`) and each
+    kind's eigendecomposition on first use.
+    """
+
+    def __init__(
+        self,
+        arch: Any,
+        x_train: Any,
+        y_train: Any,
+        *,
+        learning_rate: float,
+        diag_reg: float,
+        reduction: str,
+        steps: str,
+    ) -> None:
+        if not callable(getattr(arch, "kernel", None)):
+            raise TypeError(
+                f"arch must be an architecture with a .kernel(x1, x2) method (e.g. ntkit.layers.mlp(...)), "
+                f"got {type(arch).__name__}"
+            )
+        reduction = check_choice(reduction, "reduction", REDUCTIONS)
+        steps = check_choice(steps, "steps", STEP_KINDS)
+        learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+        diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
+        self.arch = arch
+        self.x_train = as_float_tensor(x_train, "x_train")
+        y, y_was_1d = check_labels(y_train, self.x_train.shape[0], "y_train", like=self.x_train)
+        self.kernel_train_train = arch.kernel(self.x_train, None, get=KINDS)
+        k_train = check_train_kernel(self.kernel_train_train.nngp, "the training NNGP kernel")
+        t_train = check_train_kernel(self.kernel_train_train.ntk, "the training NTK")
+        self._core = _EnsembleCore(
+            k_train, t_train, y, y_was_1d,
+            learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, steps=steps,
+        )  # fmt: skip
+
+    def __call__(
+        self,
+        t: Any = None,
+        x_test: Any = None,
+        get: str | Sequence[str] = KINDS,
+        compute_cov: bool = False,
+    ) -> EnsemblePrediction:
+        """Mean (and covariance) of the outputs at time(s) t on `x_test` (default: the training points).
+
+        Args:
+            t: steps of size learning_rate (scalar, 1-D tensor for a leading time axis, None / inf: t = inf).
+            x_test: (m, d) test inputs; None predicts on the training points.
+            get: "nngp" (last layer trained), "ntk" (all layers trained), or both.
+            compute_cov: also return the (m, m) covariance of each output over initialisations.
+        """
+        core = self._core
+        kinds = _requested(get)
+        if not isinstance(compute_cov, bool):
+            raise TypeError(f"compute_cov must be a bool, got {type(compute_cov).__name__}")
+        times, scalar = as_times(t, "t", discrete=core.steps == "discrete", like=core.k_train)
+        if x_test is None:
+            cross_nngp, cross_ntk = core.k_train, core.t_train
+            k_test_test = core.k_train if compute_cov else None
+        else:
+            x_test = as_float_tensor(x_test, "x_test", like=self.x_train)
+            check_pair(x_test, self.x_train, "x_test", "x_train")
+            # The NNGP cross-kernel is needed for the covariance and for "nngp"; the NTK only for "ntk".
+            needed = tuple(kind for kind in KINDS if kind in kinds or (kind == "nngp" and compute_cov))
+            cross = self.arch.kernel(x_test, self.x_train, get=needed)
+            cross_nngp, cross_ntk = cross.nngp, cross.ntk
+            k_test_test = self.arch.kernel(x_test, None, get="nngp").nngp if compute_cov else None
+        out = {}
+        for kind in kinds:
+            cross_train = cross_nngp if kind == "nngp" else cross_ntk
+            out[kind] = core.moments(kind, times, scalar, cross_train, cross_nngp, k_test_test)
+        return EnsemblePrediction(**out)
+
+
+def gradient_descent_mse_ensemble(
+    arch: Any,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    learning_rate: float = 1.0,
+    diag_reg: float = 0.0,
+    reduction: str = "mean",
+    steps: str = "continuous",
+) -> EnsemblePredictor:
+    """Mean and covariance over initialisations of infinitely wide networks trained by MSE gradient descent.
+
+    The formulas are in the module docstring (Lee et al. 2019, eqs. 13-16). The kernels come from
+    `arch.kernel(x1, x2)` (its `.nngp` K and `.ntk` T); learning_rate, reduction and the time convention are
+    those of `gradient_descent_mse` (t counts steps of size learning_rate; steps="discrete" uses exact
+    gradient-descent steps, as a finite network trained by `ntkit.dynamics.train` takes).
+
+    Args:
+        arch: an architecture such as `ntkit.layers.mlp(2, 512)` (anything with `.kernel(x1, x2, get=...)`).
+        x_train: (n, d) training inputs; results take their dtype and device.
+        y_train: (n,) or (n, k) labels.
+        learning_rate, diag_reg, reduction, steps: as in `gradient_descent_mse`.
+
+    Returns:
+        An `EnsemblePredictor`: `predict(t=None, x_test=None, get=("nngp", "ntk"), compute_cov=False)`,
+        returning an `EnsemblePrediction` with `.nngp` and `.ntk`, each a `Gaussian` (`.mean`, `.covariance`).
+    """
+    return EnsemblePredictor(
+        arch, x_train, y_train,
+        learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, steps=steps,
+    )  # fmt: skip
+
+
+def gp_inference(
+    k_train_train: Any,
+    y_train: Any,
+    *,
+    k_test_train: Any = None,
+    k_test_test: Any = None,
+    get: str | Sequence[str] = KINDS,
+    compute_cov: bool = False,
+    diag_reg: float = 0.0,
+) -> EnsemblePrediction:
+    """Exact posteriors at t = inf: the NNGP posterior and the NTK-GP (the trained infinite ensemble).
+
+    NNGP (Bayesian inference with the prior GP(0, K); Lee et al. 2018): mean K(x, X) K^-1 y, covariance
+    K(x, x') - K(x, X) K^-1 K(X, x'). NTK-GP (infinitely wide networks trained to convergence; Lee et al.
+    2019, eq. 16): the formulas of the module docstring with E = I. Both are the t = inf limit of
+    `gradient_descent_mse_ensemble`, here from kernel matrices computed by the caller.
+
+    Args:
+        k_train_train: kernels of the training points with themselves, with `.nngp` and `.ntk` (an
+            `ntkit.layers.Kernel`, or a dict with those keys); only the kinds in `get` are needed, and the
+            NNGP for the covariance.
+        y_train: (n,) or (n, k) labels.
+        k_test_train: kernels between test and training points, (m, n) each; None predicts on the training
+            points.
+        k_test_test: the NNGP of the test points with themselves, (m, m) (a tensor, or a kernel with `.nngp`);
+            needed for the covariance at test points.
+        get: "nngp", "ntk" or both.
+        compute_cov: also return the (m, m) covariance of each output.
+        diag_reg: adds diag_reg * trace / n to the diagonal of the inverted training kernel.
+    """
+    kinds = _requested(get)
+    diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
+    if not isinstance(compute_cov, bool):
+        raise TypeError(f"compute_cov must be a bool, got {type(compute_cov).__name__}")
+    if compute_cov and k_test_train is not None and k_test_test is None:
+        raise ValueError(
+            "compute_cov=True at test points needs k_test_test, the NNGP of the test points (m, m)"
+        )
+    needs = set(kinds) | ({"nngp"} if compute_cov else set())
+    train = {}
+    for kind in sorted(needs):
+        matrix = _kernel_part(k_train_train, kind, "k_train_train")
+        train[kind] = check_train_kernel(matrix, f"k_train_train.{kind}")
+    like = next(iter(train.values()))
+    n = like.shape[0]
+    for kind, matrix in train.items():
+        if matrix.shape != like.shape:
+            raise ValueError(
+                f"k_train_train.{kind} has shape {tuple(matrix.shape)}, expected {tuple(like.shape)}"
+            )
+    y, y_was_1d = check_labels(y_train, n, "y_train", like=like)
+    core = _EnsembleCore(
+        train.get("nngp"), train.get("ntk"), y, y_was_1d,
+        learning_rate=1.0, diag_reg=diag_reg, reduction="sum", steps="continuous",
+    )  # fmt: skip
+    times, scalar = as_times(None, "t", discrete=False, like=like)
+    test_test = None
+    if k_test_train is None:
+        cross = dict(train)
+        if compute_cov:
+            test_test = train["nngp"]
+    else:
+        cross = {}
+        for kind in train:
+            matrix = _kernel_part(k_test_train, kind, "k_test_train")
+            cross[kind] = check_cross_kernel(matrix, n, f"k_test_train.{kind}", like)
+        if compute_cov:
+            raw = (
+                k_test_test
+                if isinstance(k_test_test, torch.Tensor)
+                else _kernel_part(k_test_test, "nngp", "k_test_test")
+            )
+            test_test = as_float_tensor(raw, "k_test_test", like=like)
+            m = cross["nngp"].shape[0]
+            if tuple(test_test.shape) != (m, m):
+                raise ValueError(f"k_test_test must have shape ({m}, {m}), got {tuple(test_test.shape)}")
+    out = {}
+    for kind in kinds:
+        out[kind] = core.moments(kind, times, scalar, cross[kind], cross.get("nngp"), test_test)
+    return EnsemblePrediction(**out)
