@@ -59,10 +59,11 @@ class NTKLinear(nn.Module):
                     p.normal_(generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.linear(x, self.weight) * self.weight_scale
-        if self.bias is not None:
-            y = y + self.bias_scale * self.bias
-        return y
+        # Scaling the input rather than the output is the same map; it was measured faster under forward-mode
+        # AD (linearized models), where each elementwise op on dual tensors is costly.
+        return torch.nn.functional.linear(
+            x * self.weight_scale, self.weight, None if self.bias is None else self.bias_scale * self.bias
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,172 @@
+"""Convergence of gradient-descent training along the kernel's eigen-directions, predicted and measured."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .._validation import as_float_tensor, check_choice, check_real
+from .spectrum import Spectrum, _as_spectrum, _check_kernel
+
+__all__ = ["EigenConvergence", "eigen_convergence"]
+
+
+@dataclass(frozen=True)
+class EigenConvergence:
+    """Residuals r_i(t) = v_i . (u(t) - y) along the eigenvectors v_i of the kernel, predicted and measured.
+
+    Attributes:
+        eigenvalues: (n,) float64, descending, on K's device.
+        rates: (n,) float64, eta * lambda_i / N: the predicted exponential decay rate per step along v_i.
+        times: (T,) the times t (in gradient steps) at which the residuals are given.
+        initial: (n,) or (n, k), the residual v_i . (u(0) - y) at t = 0.
+        predicted: (T, n) or (T, n, k), the closed-form residual at each time.
+        measured: same shape as ``predicted``, the projection of a recorded trajectory, or None.
+    """
+
+    eigenvalues: torch.Tensor
+    rates: torch.Tensor
+    times: torch.Tensor
+    initial: torch.Tensor
+    predicted: torch.Tensor
+    measured: torch.Tensor | None
+
+    def fitted_rates(
+        self, which: str = "measured", *, floor: float = 1e-8, window: float = 0.0
+    ) -> torch.Tensor:
+        """Least-squares decay rate of each direction: minus the slope of log ||r_i(t)|| against t.
+
+        Points where ||r_i(t)|| has fallen below ``floor`` times its largest value are left out: there the
+        residual is round-off and its logarithm carries no rate. With ``window`` > 0, so are the times at
+        which the *predicted* residual has fallen below ``window`` times its initial value: a real network's
+        residual along a direction it has learned stalls at the level of its finite-width corrections, and
+        only the decay before that tests the predicted rate. Directions with fewer than two usable points
+        get NaN. ``which`` is "measured" or "predicted" (the latter recovers ``rates`` on a continuous run).
+        """
+        check_choice(which, "which", ("measured", "predicted"))
+        check_real(floor, "floor", minimum=0.0)
+        check_real(window, "window", minimum=0.0)
+        residuals = self.measured if which == "measured" else self.predicted
+        if residuals is None:
+            raise ValueError(
+                "fitted_rates('measured') needs a measured trajectory; pass measured= to eigen_convergence"
+            )
+
+        def magnitude(values: torch.Tensor) -> torch.Tensor:
+            values = values.to(torch.float64)
+            return values.abs() if values.ndim == 2 else values.norm(dim=2)
+
+        norms = magnitude(residuals)
+        predicted = magnitude(self.predicted).to(norms.device)
+        times = self.times.to(device=norms.device, dtype=torch.float64)
+        rates = torch.full((norms.shape[1],), float("nan"), dtype=torch.float64, device=norms.device)
+        for i in range(norms.shape[1]):
+            column = norms[:, i]
+            largest = float(column.max())
+            keep = column > floor * largest if largest > 0 else column > 0
+            if window > 0:
+                keep &= predicted[:, i] >= window * predicted[0, i]
+            if int(keep.sum()) < 2:
+                continue
+            t_kept, log_r = times[keep], column[keep].log()
+            t_centered = t_kept - t_kept.mean()
+            denominator = float((t_centered**2).sum())
+            if denominator > 0:
+                rates[i] = -float((t_centered * (log_r - log_r.mean())).sum()) / denominator
+        return rates
+
+
+def eigen_convergence(
+    K: torch.Tensor | Spectrum,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    t: Sequence[float] | torch.Tensor,
+    *,
+    learning_rate: float = 1.0,
+    reduction: str = "mean",
+    steps: str = "continuous",
+    measured: torch.Tensor | None = None,
+) -> EigenConvergence:
+    """Residual of kernel gradient descent along each eigenvector of K, predicted in closed form and measured.
+
+    Training on the MSE loss with the kernel K held fixed (the infinite-width limit, Jacot et al. 2018; the
+    linearized network, Lee et al. 2019) gives u(t) - y = exp(-eta K t / N) (u(0) - y), so in the eigenbasis
+    K = sum_i lambda_i v_i v_i^T each residual decays on its own:
+
+        v_i . (u(t) - y) = exp(-eta lambda_i t / N) v_i . (u(0) - y)
+
+    with N the number of label entries for reduction="mean" and N = 1 for "sum" (the DESIGN conventions), and
+    (1 - eta lambda_i / N)^t in place of the exponential for steps="discrete" (plain gradient descent).
+    Directions of large eigenvalue are learned first (Arora et al. 2019, Section 4).
+
+    Args:
+        K: the kernel on the training inputs (n, n), or its :func:`spectrum`.
+        y: targets, (n,) or (n, k).
+        f0: the outputs u(0) at t = 0, same shape as y.
+        t: the times (in gradient steps) to evaluate, shape (T,).
+        learning_rate: eta.
+        reduction: "mean" or "sum", as in the loss being trained.
+        steps: "continuous" (gradient flow) or "discrete" (gradient descent with step eta).
+        measured: optional recorded outputs u(t) of a real run at the same times, shape (T, n) or (T, n, k);
+            their residuals are projected on the same eigenvectors.
+
+    Returns:
+        An :class:`EigenConvergence`; ``predicted`` and ``measured`` keep y's dtype and are on K's device.
+    """
+    spec = _as_spectrum(K if isinstance(K, Spectrum) else _check_kernel(K, "K"))
+    n = spec.eigenvalues.shape[0]
+    targets = as_float_tensor(y, "y", ndim=None)
+    if targets.ndim not in (1, 2) or targets.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match K, got {tuple(targets.shape)}")
+    initial_outputs = as_float_tensor(f0, "f0", ndim=None)
+    if initial_outputs.shape != targets.shape:
+        raise ValueError(
+            f"f0 must have the same shape as y {tuple(targets.shape)}, got {tuple(initial_outputs.shape)}"
+        )
+    eta = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    check_choice(reduction, "reduction", ("mean", "sum"))
+    check_choice(steps, "steps", ("continuous", "discrete"))
+    times = torch.as_tensor(t, dtype=torch.float64, device=spec.eigenvalues.device)
+    if times.ndim == 0:
+        times = times.reshape(1)
+    if times.ndim != 1:
+        raise ValueError(f"t must be 1-D, got shape {tuple(times.shape)}")
+    if not bool(torch.isfinite(times).all()) or bool((times < 0).any()):
+        raise ValueError("t must hold finite, non-negative times")
+    if measured is not None:
+        measured = as_float_tensor(measured, "measured", ndim=None)
+        expected = (times.shape[0], *targets.shape)
+        if tuple(measured.shape) != expected:
+            raise ValueError(
+                f"measured must have shape {expected} (one row of outputs per time), got "
+                f"{tuple(measured.shape)}"
+            )
+
+    label_entries = targets.numel() if reduction == "mean" else 1
+    rates = eta * spec.eigenvalues / label_entries
+    initial = spec.project(initial_outputs.to(torch.float64) - targets.to(torch.float64))
+    if steps == "continuous":
+        decay = torch.exp(-rates[None, :] * times[:, None])
+    else:
+        decay = (1.0 - rates[None, :]) ** times[:, None]
+    if targets.ndim == 2:
+        decay = decay[:, :, None]
+    predicted = decay * initial[None]
+    measured_residuals = None
+    if measured is not None:
+        shift = targets.to(dtype=torch.float64, device=spec.eigenvectors.device)
+        residual_path = measured.to(dtype=torch.float64, device=spec.eigenvectors.device) - shift
+        # (T, n[, k]) -> (T, n[, k]) with the eigen-index in place of the sample index
+        measured_residuals = torch.einsum("ji,tj...->ti...", spec.eigenvectors, residual_path).to(
+            targets.dtype
+        )
+    return EigenConvergence(
+        eigenvalues=spec.eigenvalues,
+        rates=rates,
+        times=times,
+        initial=initial.to(targets.dtype),
+        predicted=predicted.to(targets.dtype),
+        measured=measured_residuals,
+    )

@@ -1,0 +1,255 @@
+"""State the report sections share: data, architecture, kernels and training runs, computed on demand."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..layers import GELU, Abs, Erf, Identity, ReLU, Serial, Sigmoid, Softplus, Tanh, mlp
+from .data import Dataset, load_dataset
+
+__all__ = ["Context", "TrainingRecord", "activation"]
+
+_PER_OCTAVE = 16  # records per doubling of the step count
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """A training run recorded at ``steps`` (R,): outputs on the training (R, n, k) and evaluation points
+    (R, m, k), and the training loss (R,)."""
+
+    steps: torch.Tensor
+    train_outputs: torch.Tensor
+    test_outputs: torch.Tensor
+    loss: torch.Tensor
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+_ACTIVATIONS = {
+    "relu": ReLU,
+    "abs": Abs,
+    "erf": Erf,
+    "tanh": Tanh,
+    "sigmoid": Sigmoid,
+    "gelu": GELU,
+    "softplus": Softplus,
+    "identity": Identity,
+}
+
+# "auto" learning rate: eta * lambda_max / N = AUTO_STEP on the analytic NTK, a quarter of the stability limit
+# 2 N / lambda_max, so the finite network (whose kernel fluctuates and moves) stays well inside it.
+AUTO_STEP = 0.5
+
+
+def activation(name: str) -> Any:
+    """The ntkit activation for a config name (validated by the config already)."""
+    return _ACTIVATIONS[name]()
+
+
+class Context:
+    """Everything the sections share. Properties compute on first use, so a resumed run only pays for what the
+    sections still to run need."""
+
+    def __init__(self, config: dict[str, Any], *, progress: bool | None = None) -> None:
+        self.config = config
+        self.seed: int = config["seed"]
+        self.dtype = torch.float64 if config["dtype"] == "float64" else torch.float32
+        self.device = torch.device(config["device"])
+        self.progress = progress
+        self.data: Dataset = load_dataset(config, self.device, self.dtype)
+
+    # --- architecture -----------------------------------------------------------------------------------
+    def arch(self, width: int | None = None, outputs: int | None = None, depth: int | None = None) -> Serial:
+        model = self.config["model"]
+        return mlp(
+            model["depth"] if depth is None else depth,
+            model["width"] if width is None else width,
+            out=self.data.outputs if outputs is None else outputs,
+            activation=activation(model["activation"]),
+            w_std=model["w_std"],
+            b_std=model["b_std"],
+            parametrization=model["parametrization"],
+        )
+
+    def build(self, width: int | None = None, seed: int | None = None) -> torch.nn.Module:
+        return self.arch(width).build(
+            self.data.input_dim,
+            seed=self.seed if seed is None else seed,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    # --- evaluation points: the plotting grid (1-D inputs) followed by the test inputs -------------------
+    @functools.cached_property
+    def eval_inputs(self) -> torch.Tensor:
+        parts = [self.data.x_test] if self.data.grid is None else [self.data.grid, self.data.x_test]
+        return torch.cat(parts)
+
+    @property
+    def grid_slice(self) -> slice | None:
+        return None if self.data.grid is None else slice(0, self.data.grid.shape[0])
+
+    @property
+    def test_slice(self) -> slice:
+        start = 0 if self.data.grid is None else self.data.grid.shape[0]
+        return slice(start, start + self.data.x_test.shape[0])
+
+    # --- infinite-width kernels ---------------------------------------------------------------------------
+    @functools.cached_property
+    def kernel_train(self) -> torch.Tensor:
+        """T_inf(X, X) on the training inputs, in float64 whatever the network's dtype: the closed form
+        and the analyses invert it, and the NTK of a 1-D problem is too ill-conditioned for float32."""
+        return self.arch().kernel(self.data.x_train.double(), get="ntk").ntk
+
+    @functools.cached_property
+    def kernel_eval_train(self) -> torch.Tensor:
+        """T_inf(x, X) between the evaluation points and the training inputs."""
+        return self.arch().kernel(self.eval_inputs.double(), self.data.x_train.double(), get="ntk").ntk
+
+    @functools.cached_property
+    def learning_rate(self) -> float:
+        value = self.config["training"]["learning_rate"]
+        if value != "auto":
+            return float(value)
+        lam_max = float(torch.linalg.eigvalsh(self.kernel_train.double())[-1])
+        return AUTO_STEP * self.data.y_train.numel() / lam_max
+
+    @property
+    def steps(self) -> int:
+        return self.config["training"]["steps"]
+
+    # --- training runs on the report's network (model.width, seed) ----------------------------------------
+    @functools.cached_property
+    def initial_network(self) -> torch.nn.Module:
+        return self.build()
+
+    def run(self, model: torch.nn.Module, y: torch.Tensor, *, description: str) -> TrainingRecord:
+        """Train a copy of ``model`` on (x_train, y) with the report's settings, recording on a log-like grid.
+
+        Training is chained in phases of doubling length, each recording ``_PER_OCTAVE`` times: every step at
+        first, then every 2nd, 4th, ... step, so log-time figures see the fast early directions and the slow
+        late ones at the cost of a few hundred records instead of one per step.
+        """
+        from ..dynamics.train import train
+
+        network = copy.deepcopy(model)
+        steps, done = self.steps, 0
+        parts = []
+        bar = tqdm(total=steps, desc=description, unit="step", leave=False, disable=_disabled(self.progress))
+        with bar:
+            while done < steps:
+                every = max(1, done // _PER_OCTAVE)
+                length = min(steps - done, max(_PER_OCTAVE, done))
+                result = train(
+                    network,
+                    self.data.x_train,
+                    y,
+                    learning_rate=self.learning_rate,
+                    steps=length,
+                    reduction="mean",
+                    x_test=self.eval_inputs,
+                    record_every=every,
+                    progress=False,
+                )
+                first = 0 if not parts else 1  # each phase starts where the last one ended
+                parts.append((result.steps[first:] + done, result))
+                done += length
+                bar.update(length)
+        return TrainingRecord(
+            steps=torch.cat([s for s, _ in parts]),
+            train_outputs=torch.cat(
+                [r.train_outputs[0 if i == 0 else 1 :] for i, (_, r) in enumerate(parts)]
+            ),
+            test_outputs=torch.cat([r.test_outputs[0 if i == 0 else 1 :] for i, (_, r) in enumerate(parts)]),
+            loss=torch.cat([r.loss[0 if i == 0 else 1 :] for i, (_, r) in enumerate(parts)]),
+        )
+
+    @functools.cached_property
+    def real_run(self) -> TrainingRecord:
+        """The finite network trained on the true labels."""
+        return self.run(self.initial_network, self.data.y_train, description="network")
+
+    @functools.cached_property
+    def linear_run(self) -> TrainingRecord:
+        """The network's linearization around its initial parameters, trained the same way.
+
+        For full-batch gradient descent on squared loss the linearized network's outputs are exactly the
+        closed form with the network's own NTK at initialisation, T_0 (Lee et al. 2019, eq. 9; the DESIGN
+        formulas with discrete steps), so they are evaluated from it at the recorded steps instead of by a
+        second, Jacobian-vector-product training run (4x the cost of the network's). With several outputs this
+        uses the output-averaged T_0, whose cross-output terms vanish as the width grows.
+        """
+        from ..dynamics import gradient_descent_mse
+        from ..empirical import empirical_ntk
+
+        network = copy.deepcopy(self.initial_network).double()
+        k_eval_train = empirical_ntk(
+            network, self.eval_inputs.double(), self.data.x_train.double(), outputs="mean"
+        )
+        predictor = gradient_descent_mse(
+            self.empirical_kernel_train,
+            self.data.y_train,
+            learning_rate=self.learning_rate,
+            reduction="mean",
+            steps="discrete",
+        )
+        f0_train, f0_eval = self.initial_outputs
+        steps = self.real_run.steps
+        train, test = predictor(
+            steps.to(device=self.device, dtype=torch.float64), f0_train, f0_eval, k_eval_train
+        )
+        loss = 0.5 * (train - self.data.y_train.double()).pow(2).mean(dim=(1, 2))
+        return TrainingRecord(steps=steps, train_outputs=train, test_outputs=test, loss=loss)
+
+    @functools.cached_property
+    def empirical_kernel_train(self) -> torch.Tensor:
+        """The empirical NTK T_0(X, X) of the report network at initialisation, computed in float64."""
+        from ..empirical import empirical_ntk
+
+        network = copy.deepcopy(self.initial_network).double()
+        return empirical_ntk(network, self.data.x_train.double(), outputs="mean")
+
+    @functools.cached_property
+    def initial_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_0 on the training inputs and on the evaluation points."""
+        with torch.no_grad():
+            return self.initial_network(self.data.x_train), self.initial_network(self.eval_inputs)
+
+    def closed_form(
+        self,
+        y: torch.Tensor,
+        times: torch.Tensor,
+        initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Closed-form outputs (train (T, n, k), eval (T, m, k)) of gradient descent with the analytic NTK
+        from the initial outputs ``initial`` (default: the report network's) (Lee et al. 2019, eq. 9; discrete
+        steps)."""
+        from ..dynamics import gradient_descent_mse
+
+        predictor = gradient_descent_mse(
+            self.kernel_train, y, learning_rate=self.learning_rate, reduction="mean", steps="discrete"
+        )
+        f0_train, f0_eval = self.initial_outputs if initial is None else initial
+        return predictor(times, f0_train, f0_eval, self.kernel_eval_train)
+
+    @functools.cached_property
+    def predicted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Closed-form outputs on the true labels at the recorded steps of :attr:`real_run`."""
+        return self.closed_form(
+            self.data.y_train, self.real_run.steps.to(device=self.device, dtype=torch.float64)
+        )
+
+    @functools.cached_property
+    def random_labels(self) -> torch.Tensor:
+        """The training labels randomly permuted: same values and norm, no relation to the inputs left."""
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        order = torch.randperm(self.data.y_train.shape[0], generator=generator).to(self.device)
+        return self.data.y_train[order]

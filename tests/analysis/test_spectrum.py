@@ -1,0 +1,103 @@
+"""Spectrum: known eigen-decompositions, caching, float64 on the input's device, and input checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ntkit.analysis import spectrum
+
+
+def _hand_built(values, seed=0):
+    """K = Q diag(values) Q^T with a random orthogonal Q: the eigenvalues are known exactly."""
+    n = len(values)
+    q, _ = torch.linalg.qr(
+        torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+    return q @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ q.T, q
+
+
+def test_diagonal_kernel_sorted_descending_with_unit_eigenvectors():
+    spec = spectrum(torch.diag(torch.tensor([1.0, 4.0, 2.0], dtype=torch.float64)))
+    torch.testing.assert_close(spec.eigenvalues, torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64))
+    # eigenvectors of a diagonal matrix are the coordinate axes (up to sign)
+    torch.testing.assert_close(spec.eigenvectors.abs(), torch.eye(3, dtype=torch.float64)[:, [1, 2, 0]])
+    assert spec.condition_number == pytest.approx(4.0)
+    assert spec.trace == pytest.approx(7.0)
+
+
+def test_hand_built_eigenbasis_is_recovered():
+    values = [5.0, 3.0, 1.0, 0.5, 0.25]
+    kernel, q = _hand_built(values)
+    spec = spectrum(kernel)
+    torch.testing.assert_close(
+        spec.eigenvalues, torch.tensor(values, dtype=torch.float64), rtol=1e-12, atol=1e-12
+    )
+    # |<v_i, q_i>| = 1: each recovered eigenvector is the built one up to sign
+    overlaps = (spec.eigenvectors * q).sum(dim=0).abs()
+    torch.testing.assert_close(overlaps, torch.ones(5, dtype=torch.float64), rtol=1e-10, atol=1e-10)
+    reconstructed = spec.eigenvectors @ torch.diag(spec.eigenvalues) @ spec.eigenvectors.T
+    torch.testing.assert_close(reconstructed, kernel, rtol=1e-12, atol=1e-12)
+
+
+def test_effective_rank_counts_equal_eigenvalues():
+    kernel, _ = _hand_built([2.0, 2.0, 2.0, 0.0, 0.0, 0.0])
+    spec = spectrum(kernel)
+    # entropy of (1/3, 1/3, 1/3) is log 3; round-off eigenvalues near 0 add at most ~1e-14 of entropy
+    assert spec.effective_rank == pytest.approx(3.0, rel=1e-9)
+    assert spec.participation_ratio == pytest.approx(3.0, rel=1e-9)
+    assert math.isinf(spec.condition_number) or spec.condition_number > 1e12
+
+
+def test_effective_rank_of_unequal_spectrum_matches_entropy_formula():
+    values = [3.0, 1.0]
+    spec = spectrum(torch.diag(torch.tensor(values, dtype=torch.float64)))
+    p = np.array(values) / sum(values)
+    assert spec.effective_rank == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-12)
+    assert spec.participation_ratio == pytest.approx(16.0 / 10.0, rel=1e-12)
+
+
+def test_float32_input_is_decomposed_in_float64_and_cached():
+    kernel, _ = _hand_built([3.0, 2.0, 1.0])
+    kernel32 = kernel.float()
+    first = spectrum(kernel32)
+    assert first.eigenvalues.dtype == torch.float64
+    assert first.eigenvalues.device == kernel32.device
+    assert spectrum(kernel32) is first
+    kernel32.mul_(2.0)  # an in-place change bumps the version counter: the cache must not answer
+    second = spectrum(kernel32)
+    assert second is not first
+    torch.testing.assert_close(second.eigenvalues, 2 * first.eigenvalues, rtol=1e-6, atol=1e-6)
+
+
+def test_numpy_input_accepted():
+    spec = spectrum(np.diag([2.0, 1.0]))
+    torch.testing.assert_close(spec.eigenvalues, torch.tensor([2.0, 1.0], dtype=torch.float64))
+
+
+def test_project_gives_eigen_coordinates():
+    kernel, q = _hand_built([4.0, 2.0, 1.0])
+    spec = spectrum(kernel)
+    coordinates = spec.project(q[:, 1] * 3.0)
+    torch.testing.assert_close(
+        coordinates.abs(), torch.tensor([0.0, 3.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0
+    )
+    with pytest.raises(ValueError, match="vectors"):
+        spec.project(torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "error", "match"),
+    [
+        (torch.ones(2, 3), ValueError, "square"),
+        (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), ValueError, "symmetric"),
+        (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), ValueError, "NaN"),
+        (torch.ones(3), ValueError, "2-D"),
+        (torch.ones(2, 2, dtype=torch.int64), TypeError, "floating"),
+        ([[1.0]], TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_kernels_are_rejected_with_a_named_argument(kernel, error, match):
+    with pytest.raises(error, match=match):
+        spectrum(kernel)

@@ -1,0 +1,161 @@
+"""The quick report end to end: files, self-contained HTML, resuming, and the theory's predictions in
+metrics.json.
+
+One quick run (about 20-40 s on one core) is shared by the tests of this module. It is first interrupted after
+three sections, then resumed through the `ntkit` command line, as a user would.
+"""
+
+import json
+import sys
+
+import pytest
+
+from ntkit.report import ConfigError, generate_report
+from ntkit.report import _pipeline as pipeline
+from ntkit.report.config import SECTIONS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _quick_report(tmp_path):
+    out = tmp_path / "report"
+    real_module = pipeline.module
+
+    def stop_at_labels(name):
+        if name == "labels":
+            raise _Stop
+        return real_module(name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "module", stop_at_labels)
+        with pytest.raises(_Stop):
+            generate_report(None, out, quick=True, progress=False)
+    finished_before_resume = sorted(p.stem for p in (out / "sections").glob("*.json"))
+    html_before_resume = (out / "report.html").exists()
+
+    from ntkit.cli import main
+
+    status = main(["report", "--quick", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=_reject_constant)
+    return {
+        "out": out,
+        "status": status,
+        "metrics": metrics,
+        "finished_before_resume": finished_before_resume,
+        "html_before_resume": html_before_resume,
+    }
+
+
+def _reject_constant(name):
+    raise AssertionError(f"metrics.json must be strict JSON, found {name}")
+
+
+def _check(metrics, name):
+    return next(c for c in metrics["checks"] if c["name"] == name)
+
+
+def _interrupted_run_keeps_finished_sections_and_resumes(quick_report):
+    assert quick_report["finished_before_resume"] == ["kernel", "spectrum", "training"]
+    assert not quick_report["html_before_resume"]
+    assert quick_report["status"] == 0
+    assert quick_report["metrics"]["reused_sections"] == ["kernel", "training", "spectrum"]
+
+
+def _every_section_has_png_svg_and_metrics(quick_report):
+    out, metrics = quick_report["out"], quick_report["metrics"]
+    for name in SECTIONS:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+        section = metrics["sections"][name]
+        assert section["caption"].startswith(("Theory", "The NTK")), name
+    resolved = tomllib.loads((out / "config.toml").read_text())
+    assert resolved["model"] == metrics["config"]["model"]
+
+
+def _html_is_self_contained(quick_report):
+    page = (quick_report["out"] / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(SECTIONS)
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+    assert '<meta name="viewport"' in page and "@media print" in page
+    for name in SECTIONS:
+        assert f'id="{name}"' in page
+
+
+def _theory_predictions_hold_in_metrics(quick_report):
+    metrics = quick_report["metrics"]
+    width = metrics["sections"]["width"]
+    # 1/sqrt(width) fluctuations: slope -1/2; with 12 seeds per width the fitted slope scatters by about 0.05
+    assert width["kernel_error_slope"] == pytest.approx(-0.5, abs=0.2)
+    # the widest network trains like the closed form (a few % of RMS(y)), and closer than the narrowest
+    assert width["gap_at_widest"] < 0.1
+    assert width["gap_train"][-1] < width["gap_train"][0]
+    assert width["drift"][-1] < width["drift"][0]
+    labels = metrics["sections"]["labels"]
+    assert labels["bound"]["random labels"] > 2 * labels["bound"]["true labels"]
+    assert (
+        labels["kernel_target_alignment"]["random labels"] < labels["kernel_target_alignment"]["true labels"]
+    )
+    digits = metrics["sections"]["digits"]
+    assert digits["agreement_network_closed_form"] > 0.9
+    assert digits["test_accuracy_kernel_regression"] > 0.85
+    assert metrics["sections"]["features"]["max_feature_error_autograd_vs_closed_form"] < 1e-4
+    for name in ("kernel error slope", "random labels: larger bound", "wide network follows the theory"):
+        assert _check(metrics, name)["passed"], _check(metrics, name)
+
+
+def _rerun_with_same_config_reuses_everything(quick_report):
+    out = quick_report["out"]
+    generate_report(None, out, quick=True, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reused_sections"] == list(SECTIONS)
+
+
+def test_quick_report_end_to_end(tmp_path):
+    quick_report = _quick_report(tmp_path)
+    _interrupted_run_keeps_finished_sections_and_resumes(quick_report)
+    _every_section_has_png_svg_and_metrics(quick_report)
+    _html_is_self_contained(quick_report)
+    _theory_predictions_hold_in_metrics(quick_report)
+    _rerun_with_same_config_reuses_everything(quick_report)
+
+
+def test_changed_config_recomputes(tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text('sections = ["features"]\n[features]\nunits = 2\n')
+    out = tmp_path / "features"
+    generate_report(config, out, quick=True, progress=False)
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["reused_sections"] == [] and list(first["sections"]) == ["features"]
+    config.write_text('sections = ["features"]\n[features]\nunits = 3\n')
+    generate_report(config, out, quick=True, progress=False)
+    second = json.loads((out / "metrics.json").read_text())
+    assert second["reused_sections"] == []
+    assert len(second["sections"]["features"]["features"]["b"][0]) == 3
+
+
+def test_bad_config_stops_before_any_work(tmp_path, capsys):
+    from ntkit.cli import main
+
+    config = tmp_path / "bad.toml"
+    config.write_text("[model]\nwidht = 128\n")
+    out = tmp_path / "never"
+    assert main(["report", "--config", str(config), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        "ntkit report: error: config: unknown key 'model.widht' (known keys at [model]: "
+        "activation, b_std, depth, parametrization, w_std, width)"
+    ]
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        if not __import__("torch").cuda.is_available():
+            generate_report(None, out, device="cuda")
+        else:  # pragma: no cover - on a GPU machine the check does not apply
+            raise ConfigError("CUDA is not available (skipped: a GPU is present)")
+    assert not out.exists()
