@@ -13,7 +13,13 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
-n, d, depth, dtype, repeats = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+n, d, depth, dtype, repeats = (
+    int(sys.argv[1]),
+    int(sys.argv[2]),
+    int(sys.argv[3]),
+    sys.argv[4],
+    int(sys.argv[5]),
+)
 layers = []
 for _ in range(depth):
     layers += [stax.Dense(512, W_std=1.0, b_std=0.1), stax.Relu()]

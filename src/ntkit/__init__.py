@@ -24,7 +24,21 @@ _EXPORTS = {
 }
 _SUBMODULES = ("layers", "empirical", "dynamics", "predict", "analysis", "report", "tiling")
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+__all__ = [
+    "Kernel",
+    "__version__",
+    "analysis",
+    "dynamics",
+    "empirical",
+    "empirical_ntk",
+    "layers",
+    "linearize",
+    "mlp",
+    "predict",
+    "report",
+    "tiling",
+    "train",
+]
 
 if TYPE_CHECKING:
     from . import analysis, dynamics, empirical, layers, predict, report, tiling

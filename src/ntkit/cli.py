@@ -11,13 +11,17 @@ from collections.abc import Sequence
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 _COMMANDS = {
     "demo": ("ntkit._demo", "finite-width NTKs against the infinite-width NTK, by width (under a minute)"),
-    "report": ("ntkit.report._cli", "the NTK theory end to end on real training, as an HTML report with figures"),
+    "report": (
+        "ntkit.report._cli",
+        "the NTK theory end to end on real training, as an HTML report with figures",
+    ),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ntkit", description="Neural Tangent Kernels in PyTorch: kernels, dynamics, analyses and reports."
+        prog="ntkit",
+        description="Neural Tangent Kernels in PyTorch: kernels, dynamics, analyses and reports.",
     )
     from . import __version__
 

@@ -178,7 +178,9 @@ def run_blocks(
 
     # progress=None lets tqdm decide: a bar on a terminal, silence in logs and CI.
     disable = None if progress is None else not progress
-    bar = tqdm(total=len(todo), initial=int(done.sum()), desc=description, unit="block", disable=disable, leave=False)
+    bar = tqdm(
+        total=len(todo), initial=int(done.sum()), desc=description, unit="block", disable=disable, leave=False
+    )
     try:
         for index, (rows, cols) in enumerate(todo):
             if done[index]:

@@ -43,7 +43,10 @@ def test_empirical_ntk_converges_like_inverse_sqrt_width(activation, parametriza
     x = torch.randn(6, 3, dtype=torch.float64)
     widths = [64, 256, 1024]
     errors = relative_errors(
-        lambda m: mlp(2, m, activation=activation, b_std=0.2, parametrization=parametrization), x, widths, seeds=4
+        lambda m: mlp(2, m, activation=activation, b_std=0.2, parametrization=parametrization),
+        x,
+        widths,
+        seeds=4,
     )
     slope = (math.log(errors[-1]) - math.log(errors[0])) / (math.log(widths[-1]) - math.log(widths[0]))
     # Fluctuations of the NTK are O(width**-1/2) (Jacot et al. 2018; Hanin & Nica 2020). With 4 seeds per width the

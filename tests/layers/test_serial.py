@@ -39,8 +39,11 @@ def test_relu_kernel_matches_textbook_recursion():
 def test_standard_parametrization_recursion_by_hand():
     """T' = w^2 T + n_in S + 1 (Sohl-Dickstein et al. 2020), with the layer widths entering the NTK."""
     x = torch.randn(7, 3, dtype=torch.float64)
-    arch = Serial(Dense(5, w_std=1.5, b_std=0.3, parametrization="standard"), ReLU(),
-                  Dense(1, w_std=0.7, b_std=0.4, parametrization="standard"))
+    arch = Serial(
+        Dense(5, w_std=1.5, b_std=0.3, parametrization="standard"),
+        ReLU(),
+        Dense(1, w_std=0.7, b_std=0.4, parametrization="standard"),
+    )
     k = arch.kernel(x)
     s0 = x @ x.T / 3
     s1 = 1.5**2 * s0 + 0.3**2
@@ -160,7 +163,9 @@ def test_store_resumes_an_interrupted_run(tmp_path, monkeypatch):
     total_blocks = 4 * 5 // 2  # 4 x 4 grid of 16-row blocks, upper triangle
     assert calls["n"] == -1000 + total_blocks - 3  # only the missing blocks were computed
     torch.testing.assert_close(resumed.ntk, expected.ntk, rtol=0, atol=0)
-    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "k" / "nngp.npy")), expected.nngp, rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(np.load(tmp_path / "k" / "nngp.npy")), expected.nngp, rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="store"):
         arch.kernel(x[:50], memory_budget=budget, store=tmp_path / "k")
 
@@ -180,7 +185,11 @@ def test_budget_too_small():
     ("call", "match", "error"),
     [
         (lambda a: a.kernel(torch.tensor([[1.0, float("nan")]])), "x1 contains", ValueError),
-        (lambda a: a.kernel(torch.ones(3, 2), torch.tensor([[float("inf"), 0.0]])), "x2 contains", ValueError),
+        (
+            lambda a: a.kernel(torch.ones(3, 2), torch.tensor([[float("inf"), 0.0]])),
+            "x2 contains",
+            ValueError,
+        ),
         (lambda a: a.kernel(torch.ones(3, 2), torch.ones(3, 4)), "same number of features", ValueError),
         (lambda a: a.kernel(torch.ones(3, 2, dtype=torch.int64)), "floating dtype", TypeError),
         (lambda a: a.kernel(torch.ones(3)), "2-D", ValueError),

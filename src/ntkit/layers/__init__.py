@@ -1,12 +1,12 @@
 """Architecture descriptions: each layer knows both its finite-width module and its infinite-width kernel map."""
 
 from .activations import (
+    GELU,
     Abs,
     AbsLinear,
     Activation,
     Elementwise,
     Erf,
-    GELU,
     Identity,
     LeakyReLU,
     ReLU,

@@ -22,6 +22,8 @@ class Kernel:
 
     def __repr__(self) -> str:
         def describe(m: torch.Tensor | None) -> str:
-            return "None" if m is None else f"Tensor(shape={tuple(m.shape)}, dtype={m.dtype}, device={m.device})"
+            return (
+                "None" if m is None else f"Tensor(shape={tuple(m.shape)}, dtype={m.dtype}, device={m.device})"
+            )
 
         return f"Kernel(nngp={describe(self.nngp)}, ntk={describe(self.ntk)})"

@@ -44,7 +44,9 @@ class Serial:
                     f"got {type(layer).__name__}"
                 )
         if not isinstance(layers[0], Dense):
-            raise ValueError(f"layers[0] must be Dense (activations act on Gaussian pre-activations), got {layers[0]!r}")
+            raise ValueError(
+                f"layers[0] must be Dense (activations act on Gaussian pre-activations), got {layers[0]!r}"
+            )
         self.layers: tuple[Layer, ...] = tuple(layers)
 
     def __repr__(self) -> str:
@@ -108,16 +110,33 @@ class Serial:
         d = x1.shape[1]
 
         def block(rows: slice, cols: slice, on_diagonal: bool) -> dict[str, torch.Tensor]:
-            s, t = self._block(x1[rows], xb[cols], [v[rows] for v in diag1], [v[cols] for v in diag2], d,
-                               on_diagonal, need_ntk)
+            s, t = self._block(
+                x1[rows],
+                xb[cols],
+                [v[rows] for v in diag1],
+                [v[cols] for v in diag2],
+                d,
+                on_diagonal,
+                need_ntk,
+            )
             if need_ntk and t is None:  # nothing trainable: the NTK is zero
                 t = torch.zeros_like(s)
             return {"nngp": s, "ntk": t}
 
         key = tiling.fingerprint(repr(self), x1, x2) if store is not None else ""
         out = tiling.run_blocks(
-            block, names, x1.shape[0], xb.shape[0], dtype=x1.dtype, device=x1.device, symmetric=symmetric,
-            tile=tile, store=store, key=key, progress=progress, description="infinite-width kernel",
+            block,
+            names,
+            x1.shape[0],
+            xb.shape[0],
+            dtype=x1.dtype,
+            device=x1.device,
+            symmetric=symmetric,
+            tile=tile,
+            store=store,
+            key=key,
+            progress=progress,
+            description="infinite-width kernel",
         )
         return Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
 
@@ -223,7 +242,9 @@ def mlp(
     depth = check_int(depth, "depth", minimum=0)
     activation = ReLU() if activation is None else activation
     if not isinstance(activation, Activation):
-        raise TypeError(f"activation must be an ntkit activation such as ReLU(), got {type(activation).__name__}")
+        raise TypeError(
+            f"activation must be an ntkit activation such as ReLU(), got {type(activation).__name__}"
+        )
     layers: list[Layer] = []
     for _ in range(depth):
         layers += [Dense(width, w_std, b_std, parametrization), activation]
