@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ntkit
+from ntkit import layers
 from ntkit.layers import Dense, ReLU, Serial, mlp
 from ntkit.tiling import MemoryBudgetError
 
@@ -231,3 +232,32 @@ def test_build_is_seeded_and_shaped():
     assert not torch.equal(arch.build(5, seed=2)(x), a(x))
     assert arch.out_features == 3
     assert ntkit.mlp is mlp
+
+
+ALL_ACTIVATIONS = [
+    layers.ReLU(),
+    layers.LeakyReLU(0.2),
+    layers.Abs(),
+    layers.AbsLinear(0.3, -0.7),
+    layers.Erf(),
+    layers.GELU(),
+    layers.Identity(),
+    layers.Tanh(),
+    layers.Sigmoid(),
+    layers.Softplus(),
+    layers.Elementwise(torch.sin),
+]
+
+
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS, ids=repr)
+def test_kernels_are_symmetric_positive_semidefinite(activation):
+    """Both kernels are Gram matrices (of outputs, of gradients), hence symmetric PSD for every activation."""
+    x = torch.cat([torch.randn(14, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)])
+    x = torch.cat([x, x[:3]])  # duplicates make the matrices singular: the hardest case for round-off
+    k = mlp(3, 1, activation=activation, w_std=1.2, b_std=0.3).kernel(x)
+    for m in (k.nngp, k.ntk):
+        assert torch.isfinite(m).all()
+        assert torch.equal(m, m.T)
+        eigenvalues = torch.linalg.eigvalsh(m)
+        # round-off in eigvalsh is ~n eps ||m||; quadrature kernels are PSD up to their 1e-6 accuracy
+        assert eigenvalues[0] >= -1e-9 * eigenvalues[-1], eigenvalues[:3]
