@@ -1,0 +1,10 @@
+"""Empirical NTK of any torch.nn.Module: Jacobian contraction, NTK-vector products, layerwise, auto.
+
+`empirical_ntk(model, x1, x2)` returns T_ab(x, x') = <df_a(x)/dtheta, df_b(x')/dtheta> (Jacot et al. 2018) by
+one of three exact methods (Novak et al. 2022, "Fast finite width neural tangent kernel"), chosen
+automatically from the model's structure and sizes unless `method=` says otherwise.
+"""
+
+from ._api import METHODS, OUTPUTS, empirical_ntk
+
+__all__ = ["METHODS", "OUTPUTS", "empirical_ntk"]
