@@ -29,7 +29,7 @@ def example_inputs(n: int = 48, dim: int = 8, dtype: torch.dtype = torch.float64
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024, 4096], help="hidden widths")
-    parser.add_argument("--seeds", type=int, default=4, help="networks drawn per width (default 4)")
+    parser.add_argument("--seeds", type=int, default=8, help="networks drawn per width (default 8)")
     parser.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
@@ -38,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from .analysis import width_study
 
     depth = check_int(args.depth, "--depth", minimum=1)
-    x = example_inputs().to(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r} is not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but this PyTorch sees no CUDA device")
+    x = example_inputs().to(device)
     print(
         f"ReLU network, {depth} hidden layers, NTK parametrization, b_std = 0.1; "
         f"{x.shape[0]} inputs on a circle in R^{x.shape[1]}, float64, {x.device}"

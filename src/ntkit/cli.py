@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .tiling import MemoryBudgetError
+
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 _COMMANDS = {
     "demo": ("ntkit._demo", "finite-width NTKs against the infinite-width NTK, by width (under a minute)"),
@@ -45,9 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = importlib.import_module(args._module).run(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        print(f"\nntkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, MemoryBudgetError) as err:
         # Bad input: one clear line, no traceback.
         print(f"ntkit {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -97,6 +97,7 @@ class _Store:
         shape: tuple[int, int],
         dtype: torch.dtype,
         key: str,
+        tile: int,
         n_blocks: int,
     ):
         self.path = path
@@ -106,6 +107,7 @@ class _Store:
             "shape": list(shape),
             "dtype": str(np_dtype),
             "key": key,
+            "tile": tile,
             "blocks": n_blocks,
         }
         path.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,7 @@ def run_blocks(
     memory-mapped .npy files in that directory (returned as CPU tensors sharing the files' memory); finished blocks
     are recorded, and a later call with the same `store` and `key` computes only the blocks still missing.
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     out_bytes = len(names) * n1 * n2 * itemsize
     free = available_memory(device) if store is None else None
     if free is not None and out_bytes > 0.9 * free:
@@ -172,7 +174,7 @@ def run_blocks(
         done = np.zeros(len(todo), dtype=np.bool_)
         disk = None
     else:
-        disk = _Store(Path(store), names, (n1, n2), dtype, key, len(todo))
+        disk = _Store(Path(store), names, (n1, n2), dtype, key, tile, len(todo))
         outputs = {name: torch.from_numpy(a) for name, a in disk.arrays.items()}
         done = disk.done
 

@@ -151,6 +151,9 @@ def _workspace(like: torch.Tensor) -> torch.Tensor:
     recursion, each new temporary cost about half an arcsin pass. One buffer of the largest tile seen stays
     alive per thread.
     """
+    if like.device.type != "cpu":
+        # Device allocators cache freed blocks themselves; a kept buffer would only hold device memory.
+        return torch.empty_like(like)
     buffer = getattr(_scratch, "buffer", None)
     if (
         buffer is None

@@ -57,6 +57,8 @@ class Serial:
         return len(self.layers)
 
     def __getitem__(self, index: int) -> Layer:
+        if not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}; use arch.layers for slices")
         return self.layers[index]
 
     @property
@@ -94,9 +96,7 @@ class Serial:
         """
         x1 = as_float_tensor(x1, "x1")
         if x2 is not None:
-            x2 = as_float_tensor(x2, "x2")
-            if x2.dtype != x1.dtype or x2.device != x1.device:
-                x2 = x2.to(dtype=x1.dtype, device=x1.device)
+            x2 = as_float_tensor(x2, "x2", like=x1)
             check_pair(x1, x2)
         names = _requested(get)
         budget = tiling.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
