@@ -141,3 +141,34 @@ def test_integer_inputs_for_embeddings_are_allowed_and_kept():
     assert result.shape == (3, 1) and result.dtype == torch.float64
     with pytest.raises(TypeError, match="x1 and x2 must both be floating or both integer"):
         empirical_ntk(model, tokens, torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_memory_budget_is_validated_and_sets_the_blocks(monkeypatch):
+    for bad, error in [("1GB", TypeError), (True, TypeError), (0, ValueError), (-5, ValueError)]:
+        with pytest.raises(error, match="memory_budget"):
+            empirical_ntk(mlp(), X, memory_budget=bad)
+    with pytest.raises(ValueError, match="memory_budget must be finite"):
+        empirical_ntk(mlp(), X, memory_budget=float("inf"))
+    from ntkit.empirical import DEFAULT_EMPIRICAL_BUDGET, _batching, jacobian, layerwise, ntk_vp
+
+    assert DEFAULT_EMPIRICAL_BUDGET == 2**30
+    batches = []
+    run_blocks = _batching.run_blocks
+
+    def spy(*args, **kwargs):
+        batches.append(kwargs["batch"])
+        return run_blocks(*args, **kwargs)
+
+    x = torch.randn(40, 3, dtype=torch.float64)
+    model = mlp()
+    reference = empirical_ntk(model, x, method="jacobian")
+    for method, module in (("jacobian", jacobian), ("ntk-vp", ntk_vp), ("layerwise", layerwise)):
+        monkeypatch.setattr(module, "run_blocks", spy)
+        batches.clear()
+        # a budget of a few examples' features: small blocks, the same kernel
+        small = empirical_ntk(model, x, method=method, memory_budget=4096)
+        assert batches and batches[0] < 40, (method, batches)
+        assert torch.allclose(small, reference, rtol=1e-12, atol=0)
+        batches.clear()
+        empirical_ntk(model, x, method=method)  # the default budget: one block
+        assert batches == [40], (method, batches)

@@ -6,5 +6,6 @@ automatically from the model's structure and sizes unless `method=` says otherwi
 """
 
 from ._api import METHODS, OUTPUTS, empirical_ntk
+from ._batching import DEFAULT_EMPIRICAL_BUDGET
 
-__all__ = ["METHODS", "OUTPUTS", "empirical_ntk"]
+__all__ = ["DEFAULT_EMPIRICAL_BUDGET", "METHODS", "OUTPUTS", "empirical_ntk"]

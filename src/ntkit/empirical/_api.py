@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_int
+from .._validation import check_choice, check_int, check_real
 from . import _checks
-from ._batching import DEFAULT_MEMORY_BUDGET
+from ._batching import DEFAULT_EMPIRICAL_BUDGET
 from ._problem import Problem
 
 OUTPUTS = ("mean", "diagonal", "full")
@@ -111,6 +111,7 @@ def empirical_ntk(
     method: str = "auto",
     params: Iterable[str | torch.Tensor] | None = None,
     batch_size: int | None = None,
+    memory_budget: int | None = None,
     progress: bool | None = None,
 ) -> torch.Tensor:
     """The empirical (finite-width) neural tangent kernel of `model` between the examples of x1 and x2.
@@ -134,8 +135,15 @@ def empirical_ntk(
         params: the parameters to differentiate, as names (as in `model.named_parameters()`) or the parameter
             tensors themselves; None means every parameter with requires_grad=True (frozen ones contribute
             nothing).
-        batch_size: examples per block; None chooses it from a memory budget.
-        progress: show a progress bar (None: only when the run lasts more than a couple of seconds).
+        batch_size: examples per block; None chooses it from `memory_budget`.
+        memory_budget: bytes of working memory (per-example Jacobians or layer features, their transients and
+            the contraction temporaries) that the block sizes are planned for, beside the output; None means
+            `ntkit.empirical.DEFAULT_EMPIRICAL_BUDGET` (1 GiB). It sets the block size (unless batch_size is
+            given) and whether column features are cached; the output itself must fit in the device's free
+            memory. Lower it after an out-of-memory error.
+        progress: show a progress bar: True always, False never, None (the default) only once the run has
+            lasted 2 seconds, wherever it runs (terminal, notebook or log). This differs from
+            `Serial.kernel`'s progress=None, which shows a bar on terminals only.
 
     Returns:
         A tensor in the model's dtype on the model's device, of shape (n1, n2), (n1, n2, k) or (n1, n2, k, k).
@@ -151,7 +159,9 @@ def empirical_ntk(
         >>> empirical_ntk(net, torch.randn(10, 3)).shape
         torch.Size([10, 10])
     """
-    problem, x1, x2 = make_problem(model, x1, x2, outputs, method, params, batch_size, progress)
+    problem, x1, x2 = make_problem(
+        model, x1, x2, outputs, method, params, batch_size, progress, memory_budget
+    )
     plan = None
     if method == "auto":
         from .layerwise import choose_method
@@ -186,6 +196,7 @@ def make_problem(
     params: Any,
     batch_size: Any,
     progress: Any,
+    memory_budget: Any = None,
 ) -> tuple[Problem, torch.Tensor, torch.Tensor | None]:
     """Validate the arguments of `empirical_ntk`, probe the model, and describe the computation."""
     if not isinstance(model, nn.Module):
@@ -194,6 +205,10 @@ def make_problem(
     check_choice(method, "method", METHODS)
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
+    budget = DEFAULT_EMPIRICAL_BUDGET if memory_budget is None else memory_budget
+    budget = int(check_real(budget, "memory_budget", minimum=0.0, strict=True))
+    if budget < 1:
+        raise ValueError(f"memory_budget must be at least 1 byte, got {memory_budget}")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be None, True or False, got {type(progress).__name__}")
     selected = _select_params(model, params)
@@ -229,6 +244,6 @@ def make_problem(
         device=device,
         batch_size=batch_size,
         progress=progress,
-        budget=DEFAULT_MEMORY_BUDGET,
+        budget=budget,
     )
     return problem, x1, x2

@@ -19,8 +19,14 @@ from tqdm.auto import tqdm
 from .. import tiling
 from . import _contract
 
-DEFAULT_MEMORY_BUDGET = 2**30
-"""Working memory, in bytes, that one empirical NTK computation may use beside its output (1 GiB)."""
+DEFAULT_EMPIRICAL_BUDGET = 2**30
+"""Working memory, in bytes, that one empirical NTK computation may use beside its output (1 GiB): the default
+of `empirical_ntk(memory_budget=None)`. Larger than `ntkit.tiling.DEFAULT_MEMORY_BUDGET` (256 MiB) because
+per-example Jacobians and layer features, not kernel tiles, fill it."""
+
+OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+"""The device out-of-memory error (torch.OutOfMemoryError; torch.cuda.OutOfMemoryError on torch versions without it). It
+is a RuntimeError, so the fallbacks for models vmap cannot batch re-raise it first instead of looping."""
 
 _MAX_BLOCK = (
     2048  # beyond this, larger blocks buy no BLAS efficiency and only delay the first progress update
@@ -32,7 +38,7 @@ def block_size(
     bytes_per_example: float,
     bytes_per_pair: float,
     *,
-    budget: int = DEFAULT_MEMORY_BUDGET,
+    budget: int = DEFAULT_EMPIRICAL_BUDGET,
 ) -> int:
     """Largest block b <= n with 4 b per-example bytes (features and transients) + b**2 pair bytes <= budget.
 
@@ -85,7 +91,7 @@ def run_blocks(
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     cols_input = x1 if x2 is None else x2
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     out_bytes = n1 * n2 * math.prod(tail) * itemsize
     free = tiling.available_memory(device)
     if free is not None and out_bytes > 0.9 * free:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ._batching import OUT_OF_MEMORY
+
 _EVAL_HINT = "call model.eval() before computing its NTK (or remove the layer)"
 
 
@@ -46,6 +48,8 @@ def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
     """The model's output on x, re-raising the model's own complaints as a ValueError about `name`."""
     try:
         out = model(x)
+    except OUT_OF_MEMORY:  # the device is full, which says nothing about the inputs
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ValueError(
             f"model rejected {name} (examples of shape {tuple(x.shape[1:])}, dtype {x.dtype}): "

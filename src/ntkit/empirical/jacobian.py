@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from . import _contract
-from ._batching import block_size, run_blocks
+from ._batching import OUT_OF_MEMORY, block_size, run_blocks
 from ._problem import Problem
 
 
@@ -41,6 +41,8 @@ def per_example_jacobians(
 
     try:
         jac = vmap(jacrev(single), in_dims=(None, 0))(params, x)
+    except OUT_OF_MEMORY:  # a RuntimeError, but no reason to fall back to a slow loop: report it
+        raise
     except (RuntimeError, ValueError, NotImplementedError):
         rows = [jacrev(single)(params, x[i]) for i in range(b)]
         jac = {name: torch.stack([row[name] for row in rows]) for name in params}

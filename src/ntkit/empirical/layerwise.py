@@ -40,8 +40,10 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils import _pytree as pytree
 
+from ..layers.dense import NTKLinear
 from . import _contract
-from ._batching import block_size, run_blocks
+from ._api import _probe_batch, make_problem
+from ._batching import OUT_OF_MEMORY, block_size, run_blocks
 from ._problem import Problem
 from .jacobian import per_example_jacobians
 
@@ -135,14 +137,6 @@ class _Recorder:
 #                                              parameter viewed as a (dg, du) matrix;
 #   ("onehot", g (b, k, S, d), idx (b, S)):    per-example gradient sum_s e_{idx_s} (outer) g[:, a, s];
 #   ("dense", j (b, k, M)):                    per-example gradient, flattened.
-
-
-def _ntk_linear_type() -> type | None:
-    try:
-        from ..layers.dense import NTKLinear
-    except ImportError:  # the foundation may not be there yet; plain torch layers still work
-        return None
-    return NTKLinear
 
 
 def _first_arg(call: _Call, name: str) -> torch.Tensor:
@@ -314,7 +308,7 @@ _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNo
 def _structured(module: nn.Module) -> bool:
     """Whether a module type has an exact structured rule (exact types: subclasses may change forward)."""
     kind = type(module)
-    return kind in (nn.Linear, nn.Embedding, *_RULES_1D, *_RULES_2D, *_NORMS) or kind is _ntk_linear_type()
+    return kind in (nn.Linear, nn.Embedding, *_RULES_1D, *_RULES_2D, *_NORMS) or kind is NTKLinear
 
 
 def _uses(
@@ -325,7 +319,7 @@ def _uses(
     if structured:
         if kind is nn.Linear:
             return _linear_uses(call, keys, b, 1.0, 1.0)
-        if kind is _ntk_linear_type():
+        if kind is NTKLinear:
             return _linear_uses(call, keys, b, float(module.weight_scale), float(module.bias_scale))
         if kind in _RULES_1D:
             return _conv_uses(call, keys, b, 1)
@@ -428,6 +422,8 @@ class _Layerwise:
                         grads = torch.autograd.grad(
                             out, targets, basis, retain_graph=True, allow_unused=True, is_grads_batched=True
                         )
+                    except OUT_OF_MEMORY:  # a RuntimeError, but a loop would only hide it
+                        raise
                     except RuntimeError:  # an operation without a batching rule: one backward pass per output
                         per_output = [
                             torch.autograd.grad(
@@ -526,6 +522,8 @@ class _Layerwise:
                 try:
                     with torch.no_grad():
                         _uses(call, keys, b, leaves, False)
+                except OUT_OF_MEMORY:
+                    raise
                 except Exception:
                     residual.update(keys.values())
         uses = self._uses(calls, b, leaves, fallback, residual)
@@ -534,7 +532,7 @@ class _Layerwise:
         reconstructed = self._weighted_sums(feats, groups, weights)
         # float32 sums over a few examples agree to ~1e-6 relative; a use of a parameter that the hooks missed
         # is O(1) off
-        tol = 1e-3 if problem.dtype.itemsize <= 4 else 1e-8
+        tol = 1e-3 if problem.itemsize <= 4 else 1e-8
         for key, truth in true_grads.items():
             if key in residual:
                 continue
@@ -773,26 +771,20 @@ def _rows(feats: dict[str, Any], rows: slice) -> dict[str, Any]:
     }
 
 
-def _probe_examples(x1: torch.Tensor, x2: torch.Tensor | None, count: int = 3) -> torch.Tensor:
-    x = x1[:count]
-    if x.shape[0] < count and x2 is not None:
-        x = torch.cat([x, x2[: count - x.shape[0]]])
-    return x
-
-
 def layerwise_ntk(
     problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None, plan: Any = None
 ) -> torch.Tensor:
     """Empirical NTK of `problem` by per-layer Gram products (see the module docstring)."""
     engine = _Layerwise(problem)
     if plan is None:
-        plan = engine.plan(_probe_examples(x1, x2))
+        plan = engine.plan(_probe_batch(x1, x2))
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     batch = problem.batch_size or block_size(
         max(n1, n2), plan.bytes_per_example, plan.bytes_per_pair, budget=problem.budget
     )
-    cache = (n2 if x2 is not None else n1) * plan.bytes_per_example / 2 <= problem.budget / 2
+    # the cached features are half of bytes_per_example (the rest is transients), given half the budget
+    cache = n2 * plan.bytes_per_example <= problem.budget
 
     def features(x: torch.Tensor) -> dict[str, Any]:
         return engine.features(x, plan)
@@ -842,12 +834,16 @@ def choose_method(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) -
       ntk-vp:    3 F k n + 3 F k p (a jvp per tangent per example);
       layerwise: (1 + k) F n + the plan's Gram products per pair and materialisations per example, and the
                  per-example costs of any fallback or residual parameters.
+    Layerwise is left out only for a model its plan cannot follow (LayerwiseUnsupported, or an operation that
+    fails under its hooks: RuntimeError, NotImplementedError); out-of-memory and other errors propagate.
     """
-    probe_x = _probe_examples(x1, x2)
+    probe_x = _probe_batch(x1, x2)
     plan = None
     try:
         plan = _Layerwise(problem).plan(probe_x)
-    except Exception:
+    except OUT_OF_MEMORY:  # not a property of the model: switching method would only hide it
+        raise
+    except (LayerwiseUnsupported, RuntimeError, NotImplementedError):  # a model the hooks cannot follow
         plan = None
     forward = max(2.0 * problem.n_params, 0.0 if plan is None else plan.forward_flops)
     n1 = x1.shape[0]
@@ -885,11 +881,9 @@ def explain(
     module by torch.func), "jacobian" (whole-model per-example Jacobians: a use the hooks could not follow) or
     "unused" (the output does not depend on it on these inputs).
     """
-    from ._api import make_problem
-
     problem, x, _ = make_problem(model, x, None, outputs, "layerwise", params, None, False)
     engine = _Layerwise(problem)
-    plan = engine.plan(_probe_examples(x, None))
+    plan = engine.plan(_probe_batch(x, None))
     structured_keys = {
         key
         for module, keys in engine.owners.values()

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from ._batching import block_size, run_blocks
+from . import _contract
+from ._batching import OUT_OF_MEMORY, block_size, run_blocks
 from ._problem import Problem
 from .jacobian import per_example_jacobians
 
@@ -36,10 +37,14 @@ def _push_forward(
 
     try:
         return vmap(one, chunk_size=chunk)(tangents)
+    except OUT_OF_MEMORY:  # a RuntimeError, but no reason to fall back to a slow loop: report it
+        raise
     except (RuntimeError, ValueError, NotImplementedError):  # a forward pass vmap cannot batch: one at a time
         count = next(iter(tangents.values())).shape[0]
         try:
             return torch.stack([one({name: t[i] for name, t in tangents.items()}) for i in range(count)])
+        except OUT_OF_MEMORY:
+            raise
         except (RuntimeError, NotImplementedError) as err:
             raise ValueError(
                 "method='ntk-vp' needs forward-mode differentiation (jvp) through the model, which one of "
@@ -51,6 +56,8 @@ def supports_forward_ad(model: nn.Module, params: dict[str, torch.Tensor], x: to
     """Whether a jvp through the model runs on the example batch x (some fused kernels have no forward AD)."""
     try:
         jvp(lambda p: functional_call(model, p, (x,)), (params,), (params,))
+    except OUT_OF_MEMORY:
+        raise
     except (RuntimeError, NotImplementedError):
         return False
     return True
@@ -85,7 +92,7 @@ def ntk_vp_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) -> t
             for name, part, shape in zip(names, flat.split(sizes, dim=1), shapes, strict=True)
         }
 
-    def contract(xr: torch.Tensor, tangents: dict[str, torch.Tensor], on_diagonal: bool) -> torch.Tensor:
+    def pairs(xr: torch.Tensor, tangents: dict[str, torch.Tensor]) -> torch.Tensor:
         # (b2 * k, b1, k): T_ab(x1_i, x2_j) at [j * k + b, i, a]
         pushed = _push_forward(model, params, xr, tangents, chunk)
         b1 = xr.shape[0]
@@ -94,6 +101,18 @@ def ntk_vp_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) -> t
             return block
         diagonal = block.diagonal(dim1=2, dim2=3)
         return diagonal.mean(-1) if mode == "mean" else diagonal
+
+    def contract(xr: torch.Tensor, tangents: dict[str, torch.Tensor], on_diagonal: bool) -> torch.Tensor:
+        if not on_diagonal:
+            return pairs(xr, tangents)
+        n = xr.shape[0]
+
+        def panel(rows: slice, cols: slice) -> torch.Tensor:
+            first, last, _ = cols.indices(n)  # the tangents of example j are rows j * k ... j * k + k - 1
+            return pairs(xr[rows], {name: t[first * k : last * k] for name, t in tangents.items()})
+
+        # the square on the diagonal of K(X, X): panels on and above it, mirrored, so exactly symmetric
+        return _contract.symmetric(panel, n)
 
     return run_blocks(
         x1,
