@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from ntkit.analysis import fit_power_law
 from ntkit.dynamics import gradient_descent_mse, max_learning_rate, train
 from ntkit.empirical import empirical_ntk
 from ntkit.layers import mlp
@@ -223,9 +224,8 @@ def bench_width(widths: list[int], seeds: int, steps: int) -> None:
         print(f"  width {width:5d}: relative RMSE {np.mean(rels):.4f} ({min(rels):.4f}..{max(rels):.4f})   "
               f"drift {np.mean(drifts):.4f} ({min(drifts):.4f}..{max(drifts):.4f})   "
               f"{np.mean(secs):.1f} s/run", flush=True)  # fmt: skip
-    log_w = np.log([r[0] for r in rows])
-    slope_rmse = np.polyfit(log_w, np.log([np.mean(r[1]) for r in rows]), 1)[0]
-    slope_drift = np.polyfit(log_w, np.log([np.mean(r[2]) for r in rows]), 1)[0]
+    slope_rmse, _ = fit_power_law([r[0] for r in rows], [float(np.mean(r[1])) for r in rows])
+    slope_drift, _ = fit_power_law([r[0] for r in rows], [float(np.mean(r[2])) for r in rows])
     print(
         f"  fitted log-log slopes over widths {widths[0]}..{widths[-1]}: relative RMSE {slope_rmse:.2f}, "
         f"drift {slope_drift:.2f} (Lee et al. 2019 bound: -0.5)"

@@ -28,9 +28,9 @@ def test_diagonal_kernel_closed_forms():
 
 
 def test_matches_direct_linear_algebra_on_a_dense_kernel():
-    x = torch.randn(8, 3, dtype=torch.float64)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     kernel = torch.exp(-(torch.cdist(x, x) ** 2))  # a Gaussian kernel: positive definite
-    y = torch.randn(8, dtype=torch.float64)
+    y = torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     result = generalization_bound(kernel, y, ridge=0.1)
     # independent route: solve and matrix products instead of the eigenbasis; agreement to ~cond(K) * eps
     norm = float(y @ torch.linalg.solve(kernel, y))
@@ -80,3 +80,27 @@ def test_bad_arguments_are_named():
         generalization_bound(kernel, y, noise_variance="big")
     with pytest.raises(ValueError, match="y must have shape"):
         generalization_bound(kernel, torch.ones(3, dtype=torch.float64))
+
+
+def test_fixed_values_on_the_two_layer_relu_gram_matrix():
+    """On Arora et al.'s H^inf (unit-norm inputs, first layer trained) the bound is sqrt(y^T H^-1 y / n):
+    Theorem 5.1's sqrt(2 y^T H^-1 y / n) over sqrt(2); the ratio between label sets is Theorem 5.1's."""
+    from ntkit.layers import Dense, ReLU, Serial
+
+    # two unit vectors 60 degrees apart: theta = pi / 3, H = [[1/2, 1/6], [1/6, 1/2]] (eigenvalues 2/3, 1/3)
+    x = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2]], dtype=torch.float64)
+    arch = Serial(Dense(64, b_std=None), ReLU(), Dense(1, b_std=None, trainable=False))
+    kernel = arch.kernel(x, get="ntk").ntk
+    h_inf = torch.tensor([[1 / 2, 1 / 6], [1 / 6, 1 / 2]], dtype=torch.float64)
+    d = 2  # ntkit's input covariance is x.x' / d, so its NTK is H^inf / d
+    torch.testing.assert_close(kernel, h_inf / d, rtol=1e-14, atol=1e-15)
+    along = generalization_bound(kernel, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    across = generalization_bound(kernel, torch.tensor([1.0, -1.0], dtype=torch.float64))
+    # y^T H^-1 y = ||y||^2 / lambda = 3 (along the eigenvalue 2/3) and 6 (along 1/3), with n = 2
+    assert along.bound == pytest.approx(math.sqrt(3 / 2), rel=1e-13)
+    assert across.bound == pytest.approx(math.sqrt(3.0), rel=1e-13)
+    assert across.bound == pytest.approx(
+        math.sqrt(2 * 6 / 2) / math.sqrt(2), rel=1e-13
+    )  # Theorem 5.1 / sqrt 2
+    assert across.bound / along.bound == pytest.approx(math.sqrt(6 / 3), rel=1e-13)
+    assert along.norm == pytest.approx(3 * d, rel=1e-13)  # y^T K^-1 y with K = H^inf / d

@@ -20,9 +20,10 @@ def test_diagonal_kernel_gives_the_closed_form_exponentials():
     t = [0.0, 1.0, 2.0]
     result = eigen_convergence(kernel, y, f0, t, learning_rate=0.5, reduction="sum")
     # v_1 = e_1 (lambda 3), v_2 = e_2 (lambda 1): r_i(t) = exp(-0.5 lambda_i t) (f0 - y)_i, up to the sign
-    # of v_i
-    expected = torch.tensor([[-math.exp(-1.5 * s), 2 * math.exp(-0.5 * s)] for s in t], dtype=torch.float64)
-    torch.testing.assert_close(result.predicted.abs(), expected.abs(), rtol=1e-14, atol=1e-14)
+    # of v_i, which cancels in r_i(t) / r_i(0): comparing that ratio (signed) catches a sign error in the decay
+    decay = torch.tensor([[math.exp(-1.5 * s), math.exp(-0.5 * s)] for s in t], dtype=torch.float64)
+    torch.testing.assert_close(result.predicted / result.initial, decay, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(result.initial.abs(), torch.tensor([1.0, 2.0], dtype=torch.float64))
     torch.testing.assert_close(result.rates, torch.tensor([1.5, 0.5], dtype=torch.float64))
 
 
@@ -123,3 +124,33 @@ def test_fitted_rates_window_ignores_the_stalled_tail():
     assert float(result.fitted_rates()[0]) < 0.9 * float(
         rates[0]
     )  # without the window the stall drags it down
+
+
+def test_discrete_steps_are_checked_like_gradient_descent_mse():
+    """Whole numbers of steps only, and the same divergence warning as gradient_descent_mse."""
+    from ntkit.dynamics import gradient_descent_mse
+
+    kernel = _kernel()
+    y = torch.ones(5, dtype=torch.float64)
+    f0 = torch.zeros(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="whole numbers"):
+        eigen_convergence(kernel, y, f0, [0.0, 1.5], learning_rate=0.1, steps="discrete")
+    lam_max = float(torch.linalg.eigvalsh(kernel)[-1])
+    unstable = 2.5 * 5 / lam_max  # eta lambda_max / N = 2.5 > 2
+    with pytest.warns(RuntimeWarning, match=r"largest stable rate [0-9.]+") as ours:
+        eigen_convergence(kernel, y, f0, [0.0, 3.0], learning_rate=unstable, steps="discrete")
+    with pytest.warns(RuntimeWarning, match=r"largest stable rate") as theirs:
+        gradient_descent_mse(kernel, y, learning_rate=unstable, steps="discrete")
+    assert str(ours[0].message) == str(theirs[0].message)
+    assert ours[0].filename == __file__  # the warning points at the caller
+    # integer step counts are accepted, and continuous times may be fractional
+    whole = eigen_convergence(kernel, y, f0, torch.arange(3), learning_rate=0.1, steps="discrete")
+    torch.testing.assert_close(whole.times, torch.arange(3, dtype=torch.float64))
+    eigen_convergence(kernel, y, f0, [0.0, 1.5], learning_rate=0.1)
+
+
+def test_infinite_time_is_rejected():
+    with pytest.raises(ValueError, match="finite"):
+        eigen_convergence(
+            _kernel(), torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64), [math.inf]
+        )

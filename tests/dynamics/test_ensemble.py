@@ -19,10 +19,15 @@ def _joint_psd(n, seed, features=9, jitter=0.05):
     return z @ z.T / features + jitter * torch.eye(n, dtype=DT)
 
 
-def _direct_moments(k_joint, t_joint, y, n, rate, t):
-    """Mean and covariance from the formulas with matrix_exp and solves (no eigendecomposition)."""
+def _direct_moments(k_joint, t_joint, y, n, rate, t, diag_reg=0.0):
+    """Mean and covariance from the formulas with matrix_exp and solves (no eigendecomposition).
+
+    diag_reg adds diag_reg * tr(T) / n to T(X, X) where it is inverted and exponentiated (DESIGN.md); the
+    K(X, X) between the two A_t factors of the covariance is not regularised.
+    """
     k_xx, k_sx, k_ss = k_joint[:n, :n], k_joint[n:, :n], k_joint[n:, n:]
     t_xx, t_sx = t_joint[:n, :n], t_joint[n:, :n]
+    t_xx = t_xx + diag_reg * float(t_xx.trace()) / n * torch.eye(n, dtype=DT)
     e = torch.eye(n, dtype=DT) - (torch.linalg.matrix_exp(-rate * t * t_xx) if math.isfinite(t) else 0.0)
     a = torch.linalg.solve(t_xx, e.T).T  # T(x, X) T^-1 E = a @ ...; E commutes with T
     a = t_sx @ a
@@ -100,6 +105,54 @@ def test_gp_inference_is_the_posterior_and_the_infinite_time_limit():
     train = gp_inference(kernels, y, get="nngp", compute_cov=True)
     torch.testing.assert_close(train.nngp.mean, y, rtol=0, atol=1e-10)
     torch.testing.assert_close(train.nngp.covariance, torch.zeros(n, n, dtype=DT), rtol=0, atol=1e-10)
+
+
+def test_diag_reg_matches_direct_formulas():
+    """The ensemble and gp_inference with diag_reg > 0 against matrix_exp / solve on T + diag_reg tr(T)/n I."""
+    n, m, diag_reg, lr = 6, 3, 0.3, 0.7
+    k_joint = _joint_psd(n + m, seed=10)
+    t_joint = k_joint + _joint_psd(n + m, seed=11)
+    y = torch.randn(n, generator=torch.Generator().manual_seed(12), dtype=DT)
+    index = torch.arange(n + m, dtype=DT)[:, None]
+    predict = gradient_descent_mse_ensemble(
+        _FakeArch(k_joint, t_joint), index[:n], y, learning_rate=lr, diag_reg=diag_reg
+    )
+    times = [2.0, 40.0, math.inf]
+    out = predict(torch.tensor(times, dtype=DT), index[n:], compute_cov=True)
+    for s, t in enumerate(times):
+        mean, cov = _direct_moments(k_joint, t_joint, y, n, lr / n, t, diag_reg)
+        torch.testing.assert_close(out.ntk.mean[s], mean, rtol=0, atol=1e-10)
+        torch.testing.assert_close(out.ntk.covariance[s], cov, rtol=0, atol=1e-10)
+        mean, cov = _direct_moments(k_joint, k_joint, y, n, lr / n, t, diag_reg)
+        torch.testing.assert_close(out.nngp.mean[s], mean, rtol=0, atol=1e-10)
+        torch.testing.assert_close(out.nngp.covariance[s], cov, rtol=0, atol=1e-10)
+    # The regularised t = inf mean is kernel ridge regression: T(x, X) (T + r I)^-1 y, r = diag_reg tr(T) / n.
+    t_xx = t_joint[:n, :n]
+    ridge = t_xx + diag_reg * float(t_xx.trace()) / n * torch.eye(n, dtype=DT)
+    inferred = gp_inference(
+        {"nngp": k_joint[:n, :n], "ntk": t_xx}, y, k_test_train={"nngp": k_joint[n:, :n], "ntk": t_joint[n:, :n]},
+        get="ntk", diag_reg=diag_reg,
+    )  # fmt: skip
+    torch.testing.assert_close(
+        inferred.ntk.mean, t_joint[n:, :n] @ torch.linalg.solve(ridge, y), rtol=0, atol=1e-10
+    )
+    torch.testing.assert_close(inferred.ntk.mean, out.ntk.mean[-1], rtol=0, atol=1e-10)
+
+
+def test_gp_inference_accepts_a_numpy_k_test_test():
+    """A numpy k_test_test is a raw matrix like a tensor, not a kernel object without an 'nngp' matrix."""
+    n, m = 5, 3
+    k_joint = _joint_psd(n + m, seed=13)
+    y = torch.randn(n, generator=torch.Generator().manual_seed(14), dtype=DT)
+    kernels, cross = {"nngp": k_joint[:n, :n]}, {"nngp": k_joint[n:, :n]}
+    reference = gp_inference(
+        kernels, y, k_test_train=cross, k_test_test=k_joint[n:, n:], get="nngp", compute_cov=True
+    )
+    from_numpy = gp_inference(
+        kernels, y, k_test_train=cross, k_test_test=k_joint[n:, n:].numpy(), get="nngp", compute_cov=True
+    )
+    torch.testing.assert_close(from_numpy.nngp.covariance, reference.nngp.covariance, rtol=0, atol=0)
+    torch.testing.assert_close(from_numpy.nngp.mean, reference.nngp.mean, rtol=0, atol=0)
 
 
 def test_gp_inference_bad_input():

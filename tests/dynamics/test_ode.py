@@ -118,3 +118,25 @@ def test_bad_input_is_named():
         predict(1.0, f0, None, k_st[:, :-1])
     with pytest.raises(ValueError, match="loss must return a scalar"):
         gradient_descent(lambda f, t: f - t, k_tt, y)(1.0, f0)
+
+
+@pytest.mark.parametrize("columns", [None, 1])
+def test_cross_entropy_rejects_labels_without_class_columns(columns):
+    """1-D (or one-column) labels would make log_softmax run across the training points."""
+    k_tt, _, y, _, _ = _problem(seed=6)
+    labels = y[:, 0] if columns is None else y[:, :1]
+    with pytest.raises(ValueError, match="y_train"):
+        gradient_descent("cross_entropy", k_tt, labels)
+    # the same labels stay valid for the squared loss
+    gradient_descent("mse", k_tt, labels)
+
+
+def test_a_non_finite_loss_fails_instead_of_returning_nan():
+    """A NaN error estimate shrinks the step until it underflows; that must raise, not accept the step."""
+    k_tt, _, y, f0, _ = _problem(seed=7)
+
+    def broken(f, t):
+        return torch.sqrt(f - 100.0).sum()  # NaN everywhere near f = 0, and so is its gradient
+
+    with pytest.raises(RuntimeError, match=r"integration failed.*step size underflow.*non-finite"):
+        gradient_descent(broken, k_tt, y)(1.0, f0)

@@ -18,7 +18,9 @@ class ComplexityMeasures:
     """Complexity of fitting labels y with a kernel K (n training points); see :func:`generalization_bound`.
 
     Attributes:
-        bound: sqrt(2 y^T K^-1 y tr(K)) / n, the data-dependent bound of Arora et al. (2019).
+        bound: sqrt(2 y^T K^-1 y tr(K)) / n, a scale-free form of the complexity term of Arora et al.
+            (2019), Theorem 5.1; on their H^infinity it is that term divided by sqrt(2) (see
+            :func:`generalization_bound`).
         norm: y^T K^-1 y, the squared RKHS norm of the interpolant (tr(Y^T K^-1 Y) for several outputs).
         trace: tr(K).
         rademacher: sqrt(tr(K) / n), the Rademacher-style size of the kernel.
@@ -56,18 +58,23 @@ def generalization_bound(
 
     Arora, Du, Hu, Li and Wang (2019), "Fine-grained analysis of optimization and generalization for
     overparameterized two-layer neural networks", bound the population loss of the trained network by the
-    complexity of the labels under the NTK Gram matrix; in its scale-free form
+    complexity of the labels under the NTK Gram matrix. Their Theorem 5.1 has the complexity term
+    sqrt(2 y^T H^-1 y / n) for the two-layer ReLU Gram matrix H^infinity (first layer trained, unit-norm
+    inputs: H_ij = x_i . x_j (pi - arccos(x_i . x_j)) / (2 pi)). Here, for any kernel K,
 
         bound = sqrt(2 y^T K^-1 y * tr(K)) / n,
 
-    which is unchanged when K is multiplied by a constant, and for their H^infinity (unit-norm inputs,
-    tr H = n / 2) reads sqrt(y^T H^-1 y / n). Labels aligned with the top eigen-directions of K have a small
-    y^T K^-1 y = sum_i (v_i . y)^2 / lambda_i; random labels a large one. Alongside:
+    which is unchanged when K is multiplied by a constant (so it does not depend on the kernel's
+    normalisation). On H^infinity, whose trace is n / 2, it equals sqrt(y^T H^-1 y / n): Theorem 5.1's term
+    divided by sqrt(2), not that term itself. The ratio of the bound between two label sets on the same
+    kernel (what the report compares: true against permuted labels) is the same as for Theorem 5.1's term.
+    Labels aligned with the top eigen-directions of K have a small y^T K^-1 y = sum_i (v_i . y)^2 / lambda_i;
+    random labels a large one. Alongside:
 
     - norm = y^T K^-1 y, the squared RKHS norm of the minimum-norm interpolant;
     - rademacher = sqrt(tr(K) / n);
     - effective_dimension = sum_i lambda_i / (lambda_i + r) = tr(S), with S = K (K + r I)^-1 the ridge
-    smoother;
+      smoother;
     - bias = (1/n) ||(I - S) y||^2 = (1/n) sum_i (r / (lambda_i + r))^2 (v_i . y)^2 and
       variance = (sigma^2 / n) tr(S^2) = (sigma^2 / n) sum_i (lambda_i / (lambda_i + r))^2, the fixed-design
       squared bias and variance of kernel ridge regression when y is the noise-free signal.
@@ -76,7 +83,8 @@ def generalization_bound(
         K: the kernel on the training inputs (n, n), or its :func:`spectrum`.
         y: targets, (n,) or (n, k).
         diag_reg: adds diag_reg * tr(K) / n to K's eigenvalues before inverting (0: the theory's exact
-        inverse). ridge: the kernel-ridge regularization r, relative: r = ridge * tr(K) / n.
+            inverse).
+        ridge: the kernel-ridge regularization r, relative: r = ridge * tr(K) / n.
         noise_variance: sigma^2, the label noise variance in the variance term.
 
     Raises:

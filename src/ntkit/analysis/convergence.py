@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import as_float_tensor, check_choice, check_real
+from ..dynamics._spectral import REDUCTIONS, STEP_KINDS, as_times, label_entries, warn_unstable_rate
 from .spectrum import Spectrum, _as_spectrum, _check_kernel
 
 __all__ = ["EigenConvergence", "eigen_convergence"]
@@ -105,8 +106,10 @@ def eigen_convergence(
         K: the kernel on the training inputs (n, n), or its :func:`spectrum`.
         y: targets, (n,) or (n, k).
         f0: the outputs u(0) at t = 0, same shape as y.
-        t: the times (in gradient steps) to evaluate, shape (T,).
-        learning_rate: eta.
+        t: the times (in gradient steps) to evaluate, shape (T,): finite, >= 0, and whole numbers for
+            steps="discrete" (checked as in :func:`ntkit.dynamics.gradient_descent_mse`).
+        learning_rate: eta. With steps="discrete", a RuntimeWarning says when it is at or above the stable
+            bound 2 N / lambda_max (the predicted residuals then oscillate and grow).
         reduction: "mean" or "sum", as in the loss being trained.
         steps: "continuous" (gradient flow) or "discrete" (gradient descent with step eta).
         measured: optional recorded outputs u(t) of a real run at the same times, shape (T, n) or (T, n, k);
@@ -126,15 +129,12 @@ def eigen_convergence(
             f"f0 must have the same shape as y {tuple(targets.shape)}, got {tuple(initial_outputs.shape)}"
         )
     eta = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
-    check_choice(reduction, "reduction", ("mean", "sum"))
-    check_choice(steps, "steps", ("continuous", "discrete"))
-    times = torch.as_tensor(t, dtype=torch.float64, device=spec.eigenvalues.device)
-    if times.ndim == 0:
-        times = times.reshape(1)
-    if times.ndim != 1:
-        raise ValueError(f"t must be 1-D, got shape {tuple(times.shape)}")
-    if not bool(torch.isfinite(times).all()) or bool((times < 0).any()):
-        raise ValueError("t must hold finite, non-negative times")
+    check_choice(reduction, "reduction", REDUCTIONS)
+    discrete = check_choice(steps, "steps", STEP_KINDS) == "discrete"
+    # the checks of gradient_descent_mse: >= 0, and whole numbers of steps when discrete
+    times, _ = as_times(t, "t", discrete=discrete, like=spec.eigenvalues)
+    if not bool(torch.isfinite(times).all()):
+        raise ValueError("t must hold finite, non-negative times (a measured run has no t = inf)")
     if measured is not None:
         measured = as_float_tensor(measured, "measured", ndim=None)
         expected = (times.shape[0], *targets.shape)
@@ -144,13 +144,17 @@ def eigen_convergence(
                 f"{tuple(measured.shape)}"
             )
 
-    label_entries = targets.numel() if reduction == "mean" else 1
-    rates = eta * spec.eigenvalues / label_entries
+    entries = label_entries(targets, reduction)
+    rates = eta * spec.eigenvalues / entries
+    lam_max = float(spec.eigenvalues.max())
+    # warns as gradient_descent_mse does when (1 - eta lambda_max / N)^t diverges
+    if discrete and lam_max > 0:
+        warn_unstable_rate(eta, entries, lam_max, stacklevel=2)
     initial = spec.project(initial_outputs.to(torch.float64) - targets.to(torch.float64))
-    if steps == "continuous":
-        decay = torch.exp(-rates[None, :] * times[:, None])
-    else:
+    if discrete:
         decay = (1.0 - rates[None, :]) ** times[:, None]
+    else:
+        decay = torch.exp(-rates[None, :] * times[:, None])
     if targets.ndim == 2:
         decay = decay[:, :, None]
     predicted = decay * initial[None]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .._validation import as_float_tensor, check_choice, check_int, check_real
+
+if TYPE_CHECKING:  # imported for the annotation only: ntkit.dynamics imports nothing from here
+    from ..dynamics.train import TrainingResult
 
 __all__ = ["KernelDrift", "WidthStudy", "fit_power_law", "kernel_drift", "width_study"]
 
@@ -168,7 +171,7 @@ class KernelDrift:
     std: torch.Tensor
     slope: float
     intercept: float
-    runs: list[list[Any]] = field(default_factory=list, repr=False)
+    runs: list[list[TrainingResult]] = field(default_factory=list, repr=False)
 
 
 def kernel_drift(
@@ -222,7 +225,7 @@ def kernel_drift(
     check_choice(reduction, "reduction", ("mean", "sum"))
     every = steps if record_every is None else check_int(record_every, "record_every", minimum=1)
     drift = torch.zeros(len(widths), len(seeds), dtype=torch.float64)
-    runs: list[list[Any]] = []
+    runs: list[list[TrainingResult]] = []
     bar = tqdm(total=len(widths) * len(seeds), desc="kernel drift", disable=_quiet(progress), leave=False)
     with bar:
         for i, width in enumerate(widths):

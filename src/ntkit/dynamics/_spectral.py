@@ -103,6 +103,10 @@ def as_times(value: Any, name: str, *, discrete: bool, like: torch.Tensor) -> tu
     else:
         if isinstance(value, (list, tuple)):
             value = torch.tensor([float(v) for v in value], dtype=like.dtype)
+        elif isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
+            value = torch.as_tensor(value, dtype=like.dtype)  # step counts
+        elif isinstance(value, torch.Tensor) and not value.is_floating_point() and value.dtype != torch.bool:
+            value = value.to(like.dtype)  # step counts, e.g. torch.arange(steps)
         times = as_float_tensor(value, name, ndim=None, allow_nonfinite=True)
         if times.ndim > 1:
             raise ValueError(
@@ -113,7 +117,9 @@ def as_times(value: Any, name: str, *, discrete: bool, like: torch.Tensor) -> tu
     if bool(torch.isnan(times).any()):
         raise ValueError(f"{name} contains NaN")
     if bool((times < 0).any()):
-        raise ValueError(f"{name} must be >= 0 (times since initialisation), got min {float(times.min())}")
+        raise ValueError(
+            f"{name} must be >= 0 (non-negative times since initialisation), got min {float(times.min())}"
+        )
     if discrete:
         finite = times[torch.isfinite(times)]
         if bool((finite != torch.round(finite)).any()):
@@ -126,6 +132,22 @@ def as_times(value: Any, name: str, *, discrete: bool, like: torch.Tensor) -> tu
 def label_entries(y: torch.Tensor, reduction: str) -> int:
     """N of the loss 1/(2N) sum ||f - y||^2: the number of label entries for "mean", 1 for "sum"."""
     return y.numel() if reduction == "mean" else 1
+
+
+def warn_unstable_rate(learning_rate: float, entries: int, lam_max: float, *, stacklevel: int) -> float:
+    """Warn when discrete steps of `learning_rate` diverge (eta >= 2 N / lam_max); return that bound.
+
+    `stacklevel` counts from the caller of this function, as in `warnings.warn`.
+    """
+    bound = 2.0 * entries / lam_max
+    if learning_rate >= bound:
+        warnings.warn(
+            f"learning_rate={learning_rate:.6g} is at or above the largest stable rate {bound:.6g} "
+            f"(2 N / lam_max, N = {entries}) of discrete steps: the predicted outputs oscillate and diverge",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return bound
 
 
 class Spectrum:

@@ -20,7 +20,6 @@ output column evolves independently with the same T.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from ._spectral import (
     check_outputs,
     check_train_kernel,
     label_entries,
+    warn_unstable_rate,
 )
 
 __all__ = ["MSEPredictor", "gradient_descent_mse", "max_learning_rate"]
@@ -107,14 +107,8 @@ class MSEPredictor:
         self.eigenvalues = self._spectrum.eigenvalues
         self.eigenvectors = self._spectrum.eigenvectors
         self.max_learning_rate = self._spectrum.max_learning_rate(self.label_entries)
-        if self.steps == "discrete" and self.learning_rate >= self.max_learning_rate:
-            warnings.warn(
-                f"learning_rate={self.learning_rate:.6g} is at or above the largest stable rate "
-                f"{self.max_learning_rate:.6g} (2 N / lam_max, N = {self.label_entries}) of discrete steps: "
-                f"the predicted outputs oscillate and diverge",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        if self.steps == "discrete":
+            warn_unstable_rate(self.learning_rate, self.label_entries, self._spectrum.lam_max, stacklevel=3)
 
     def __call__(
         self,

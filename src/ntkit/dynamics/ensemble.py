@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._validation import as_float_tensor, check_choice, check_pair, check_real
@@ -292,8 +293,8 @@ def gp_inference(
         y_train: (n,) or (n, k) labels.
         k_test_train: kernels between test and training points, (m, n) each; None predicts on the training
             points.
-        k_test_test: the NNGP of the test points with themselves, (m, m) (a tensor, or a kernel with `.nngp`);
-            needed for the covariance at test points.
+        k_test_test: the NNGP of the test points with themselves, (m, m) (a tensor or numpy array, or a kernel
+            with `.nngp`); needed for the covariance at test points.
         get: "nngp", "ntk" or both.
         compute_cov: also return the (m, m) covariance of each output.
         diag_reg: adds diag_reg * trace / n to the diagonal of the inverted training kernel.
@@ -337,7 +338,7 @@ def gp_inference(
         if compute_cov:
             raw = (
                 k_test_test
-                if isinstance(k_test_test, torch.Tensor)
+                if isinstance(k_test_test, (torch.Tensor, np.ndarray))
                 else _kernel_part(k_test_test, "nngp", "k_test_test")
             )
             test_test = as_float_tensor(raw, "k_test_test", like=like)

@@ -102,10 +102,17 @@ def _integrate(
             tolerance = atol + rtol * torch.maximum(state.abs(), new_state.abs())
             norm = float(torch.sqrt(torch.mean((error / tolerance) ** 2)))
             taken += 1
-            if norm <= 1.0 or h < 1e-14 * max(1.0, abs(now)):
+            if norm <= 1.0:
                 now = target if h == target - now else now + h
                 state = new_state
                 k1 = stages[6]  # first-same-as-last
+            elif h < 1e-14 * max(1.0, abs(now)):
+                cause = "a non-finite error estimate" if not math.isfinite(norm) else f"error {norm:.3g}"
+                raise RuntimeError(
+                    f"the ODE integration failed at t={now:g}: step size underflow (h={h:.3g}) with {cause}; "
+                    f"either the loss or its gradient is not finite there (check the loss, the kernel and "
+                    f"fx_train_0) or the system is too stiff for rtol={rtol:g}, atol={atol:g}"
+                )
             if not math.isfinite(norm):
                 step = h / 10
                 continue
@@ -147,6 +154,13 @@ class ODEPredictor:
         k = check_train_kernel(k_train_train, "k_train_train")
         self._k = k
         self._y, self._y_was_1d = check_labels(y_train, k.shape[0], "y_train", like=k)
+        if isinstance(loss, str) and loss == "cross_entropy" and (self._y_was_1d or self._y.shape[1] < 2):
+            # log_softmax over a 1-D or single-column y would normalise across training points (or give 0).
+            shape = (k.shape[0],) if self._y_was_1d else tuple(self._y.shape)
+            raise ValueError(
+                f"y_train must be 2-D (n, k) with k >= 2 class columns for loss='cross_entropy' (rows are "
+                f"class probabilities, e.g. one-hot), got shape {shape}"
+            )
         eps = torch.finfo(k.dtype).eps
         self.rtol = (
             check_real(rtol, "rtol", minimum=0.0, strict=True) if rtol is not None else max(1e-9, 100 * eps)
@@ -234,7 +248,7 @@ def gradient_descent(
             callable (fx_train, y_train) -> scalar tensor, differentiable by autograd (then `reduction` is
             ignored: the callable is the loss).
         k_train_train: NTK on the training points (n, n); results take its dtype and device.
-        y_train: (n,) or (n, k) targets.
+        y_train: (n,) or (n, k) targets; (n, k) with k >= 2 class columns for "cross_entropy".
         learning_rate: eta; t counts steps of size eta.
         reduction: "mean" or "sum" for the named losses.
         rtol, atol: integration tolerances (default 100 eps or 1e-9, whichever is larger; atol = rtol / 100).

@@ -204,7 +204,9 @@ def train(
             if y_test is not None:
                 test_losses.append(_squared_loss(out_test, y_test, reduction))
         if track_ntk:
-            kernels.append(compute_ntk(model, x_train).detach())
+            # The minibatch path records under no_grad; an ntk_fn built on autograd needs gradients.
+            with torch.enable_grad():
+                kernels.append(compute_ntk(model, x_train).detach())
 
     bar = tqdm(total=steps, desc="train", disable=None if progress is None else not progress, leave=False)
     try:

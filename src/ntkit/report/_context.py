@@ -119,8 +119,10 @@ class Context:
         value = self.config["training"]["learning_rate"]
         if value != "auto":
             return float(value)
-        lam_max = float(torch.linalg.eigvalsh(self.kernel_train.double())[-1])
-        return AUTO_STEP * self.data.y_train.numel() / lam_max
+        from ..predict import max_learning_rate
+
+        # eta lambda_max / N = AUTO_STEP, where max_learning_rate is the stability limit 2 N / lambda_max
+        return AUTO_STEP / 2 * max_learning_rate(self.kernel_train, y_train_size=self.data.y_train.numel())
 
     @property
     def steps(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ TITLE = "5. Width: the kernel concentrates and freezes"
 def _loglog(ax, widths, mean, std, slope, intercept, colour, label) -> None:
     ax.errorbar(widths, mean, yerr=std, fmt="o", color=colour, capsize=3, label=label)
     if slope == slope:  # not NaN
-        fitted = [2.718281828459045**intercept * w**slope for w in widths]
+        fitted = [math.exp(intercept) * w**slope for w in widths]
         ax.plot(widths, fitted, "-", color=colour, lw=1.2, label=f"fit: slope {slope:.2f}")
     reference = [mean[0] * (w / widths[0]) ** -0.5 for w in widths]
     ax.plot(widths, reference, ":", color="grey", lw=1.2, label="slope -1/2")
