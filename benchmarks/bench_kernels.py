@@ -86,6 +86,7 @@ def main() -> None:
     rows = [("ntkit", args.n, t_ntkit)]
 
     xe = x[: args.eager_n]
+
     def eager_kernel():
         out = eager_recursion(xe, args.depth, 0.1)
         sync()

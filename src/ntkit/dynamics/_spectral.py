@@ -88,6 +88,21 @@ def check_cross_kernel(value: Any, n: int, name: str, like: torch.Tensor) -> tor
     return k.to(dtype=like.dtype, device=like.device)
 
 
+def check_test_inputs(
+    k_test_train: Any, fx_test_0: Any, n: int, outputs: int, was_1d: bool, like: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The test-train kernel (m, n) and the test points' initial outputs (zero when not given), or (None, None)."""
+    if k_test_train is None:
+        if fx_test_0 is not None:
+            raise ValueError("fx_test_0 was given without k_test_train: pass the test-train NTK as well")
+        return None, None
+    cross = check_cross_kernel(k_test_train, n, "k_test_train", like)
+    m = cross.shape[0]
+    if fx_test_0 is None:
+        return cross, torch.zeros((m, outputs), dtype=like.dtype, device=like.device)
+    return cross, check_outputs(fx_test_0, m, outputs, was_1d, "fx_test_0", like)
+
+
 def as_times(value: Any, name: str, *, discrete: bool, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Times as a 1-D tensor (inf allowed: kernel regression) and whether a scalar was given.
 

@@ -30,9 +30,9 @@ from ._spectral import (
     STEP_KINDS,
     Spectrum,
     as_times,
-    check_cross_kernel,
     check_labels,
     check_outputs,
+    check_test_inputs,
     check_train_kernel,
     label_entries,
     warn_unstable_rate,
@@ -131,17 +131,7 @@ class MSEPredictor:
         n, outputs = self._y.shape
         times, scalar = as_times(t, "t", discrete=self.steps == "discrete", like=like)
         f0 = check_outputs(fx_train_0, n, outputs, self._y_was_1d, "fx_train_0", like)
-        k_cross = None
-        if k_test_train is not None:
-            k_cross = check_cross_kernel(k_test_train, n, "k_test_train", like)
-            m = k_cross.shape[0]
-            f0_test = (
-                torch.zeros((m, outputs), dtype=like.dtype, device=like.device)
-                if fx_test_0 is None
-                else check_outputs(fx_test_0, m, outputs, self._y_was_1d, "fx_test_0", like)
-            )
-        elif fx_test_0 is not None:
-            raise ValueError("fx_test_0 was given without k_test_train: pass the test-train NTK as well")
+        k_cross, f0_test = check_test_inputs(k_test_train, fx_test_0, n, outputs, self._y_was_1d, like)
 
         g, h = self._spectrum.decay(times, self._rate, self.steps == "discrete")
         v = self.eigenvectors

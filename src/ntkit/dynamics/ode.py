@@ -24,9 +24,9 @@ from .._validation import check_choice, check_int, check_real
 from ._spectral import (
     REDUCTIONS,
     as_times,
-    check_cross_kernel,
     check_labels,
     check_outputs,
+    check_test_inputs,
     check_train_kernel,
 )
 
@@ -194,17 +194,7 @@ class ODEPredictor:
         if bool(torch.isinf(times).any()):
             raise ValueError("t must be finite for a general loss (cross-entropy has no t = inf limit)")
         f0 = check_outputs(fx_train_0, n, outputs, self._y_was_1d, "fx_train_0", k)
-        cross = None
-        if k_test_train is not None:
-            cross = check_cross_kernel(k_test_train, n, "k_test_train", k)
-            m = cross.shape[0]
-            f0_test = (
-                torch.zeros((m, outputs), dtype=k.dtype, device=k.device)
-                if fx_test_0 is None
-                else check_outputs(fx_test_0, m, outputs, self._y_was_1d, "fx_test_0", k)
-            )
-        elif fx_test_0 is not None:
-            raise ValueError("fx_test_0 was given without k_test_train: pass the test-train NTK as well")
+        cross, f0_test = check_test_inputs(k_test_train, fx_test_0, n, outputs, self._y_was_1d, k)
         # One system for train and test rows: the test rows follow the gradient at the train rows.
         driver = k if cross is None else torch.cat([k, cross], dim=0)
         state0 = f0 if cross is None else torch.cat([f0, f0_test], dim=0)
