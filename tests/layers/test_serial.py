@@ -226,6 +226,8 @@ def test_bad_input(call, match, error):
         (lambda: Serial(ReLU(), Dense(1)), "layers\\[0\\]", ValueError),
         (lambda: Serial(Dense(2), torch.nn.ReLU()), "layers\\[1\\]", TypeError),
         (lambda: mlp(2, 8, activation=torch.nn.ReLU()), "activation", TypeError),
+        (lambda: layers.NTKLinear(0, 3), "in_features", ValueError),
+        (lambda: layers.NTKLinear(2, 3, w_std=-1.0), "w_std", ValueError),
     ],
 )
 def test_bad_description(make, match, error):

@@ -41,10 +41,10 @@ class NTKLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight_scale = w_std / math.sqrt(in_features)
-        self.bias_scale = 0.0 if b_std is None else b_std
+        self.in_features = check_int(in_features, "in_features", minimum=1)
+        self.out_features = check_int(out_features, "out_features", minimum=1)
+        self.weight_scale = check_real(w_std, "w_std", minimum=0.0) / math.sqrt(in_features)
+        self.bias_scale = 0.0 if b_std is None else check_real(b_std, "b_std", minimum=0.0)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = (
             None if b_std is None else nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
