@@ -194,9 +194,11 @@ def run_blocks(
                 if on_diagonal:
                     # Floating-point rounding need not be symmetric (BLAS, fused ops); K(X, X) must be exactly.
                     block = torch.triu(block) + torch.triu(block, 1).T
-                outputs[name][rows, cols] = block.to(outputs[name].device)
+                target = outputs[name]
+                target[rows, cols] = block.to(target.device)
                 if symmetric and not on_diagonal:
-                    outputs[name][cols, rows] = block.T.to(outputs[name].device)
+                    # A contiguous transpose first: writing a transposed view into a strided one is 2x slower.
+                    target[cols, rows] = block.T.contiguous().to(target.device)
             done[index] = True
             bar.update()
     finally:
