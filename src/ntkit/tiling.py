@@ -13,6 +13,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -87,8 +90,91 @@ def fingerprint(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
+class StoreError(ValueError):
+    """A `store=` directory that cannot be used as it is: damaged, of another computation, or without room.
+
+    The message names the file and what to do (delete the directory to start over, or pass another one). It is
+    a ValueError: the directory is an argument, and code that handles bad arguments handles this too.
+    """
+
+
+_FORMAT = 2  # version of the store layout: 2 added per-block checksums
+_COMMIT_SECONDS = 1.0  # how often finished blocks are made durable (data flushed, then their flags set)
+
+
+def _remedy(path: Path) -> str:
+    return f"delete {str(path)!r} to start over, or pass another store= directory"
+
+
+def _npy_header(file: Path, store: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a .npy file, checking it is complete; StoreError if it is not."""
+    if not file.is_file():
+        raise StoreError(f"store={str(store)!r} is damaged: {file} is missing; {_remedy(store)}")
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise StoreError(
+            f"store={str(store)!r} is damaged: {file} is not a readable .npy file ({err}); {_remedy(store)}"
+        ) from err
+    if fortran:
+        raise StoreError(f"store={str(store)!r} is damaged: {file} is in Fortran order; {_remedy(store)}")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    size = file.stat().st_size
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header says"
+        raise StoreError(
+            f"store={str(store)!r} is damaged: {file} is {what} ({size} bytes, expected {expected} for "
+            f"{dtype} of shape {tuple(shape)}); {_remedy(store)}"
+        )
+    return tuple(shape), dtype, offset
+
+
+def _open(file: Path, store: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+    """Memory-map an existing .npy file of the expected dtype and shape, refusing any other."""
+    found_shape, found_dtype, offset = _npy_header(file, store)
+    if found_dtype != dtype or found_shape != shape:
+        raise StoreError(
+            f"store={str(store)!r} is damaged: {file} holds {found_dtype} of shape {found_shape}, but this "
+            f"computation stores {dtype} of shape {shape}; {_remedy(store)}"
+        )
+    return np.memmap(file, mode="r+", dtype=dtype, shape=shape, offset=offset)
+
+
+def _free_disk(path: Path) -> int | None:
+    """Free bytes on the filesystem that holds (or will hold) `path`, or None when it cannot be told."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return int(shutil.disk_usage(probe).free)
+    except OSError:
+        return None
+
+
+def _allocated(file: Path) -> int:
+    """Bytes of `file` the filesystem has already allocated (the .npy files start sparse)."""
+    st = file.stat()
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else min(st.st_size, blocks * 512)
+
+
 class _Store:
-    """Memory-mapped .npy outputs plus a mask of finished blocks, in one directory."""
+    """Memory-mapped .npy outputs, a mask of finished blocks and a checksum per finished block, in one directory.
+
+    Files: meta.json (what is computed, written last at creation), NAME.npy per output, done.npy (a flag per
+    block) and checksums.npy (per block and output, CRC-32s of the block's bytes in the file and, for K(X, X), of its
+    mirror). A block's data is flushed to disk before its checksum and flag are set,
+    so a flag never marks data that was not written; on resume every finished block is checked against its
+    checksum, so a flipped value, a zeroed block or a file replaced by another is reported, never returned.
+    """
 
     def __init__(
         self,
@@ -98,43 +184,163 @@ class _Store:
         dtype: torch.dtype,
         key: str,
         tile: int,
-        n_blocks: int,
+        todo: list[tuple[slice, slice]],
+        symmetric: bool,
     ):
         self.path = path
+        self.names = list(names)
+        self.todo = todo
+        self.symmetric = symmetric
         np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        n_blocks = len(todo)
         meta = {
-            "names": list(names),
+            "format": _FORMAT,
+            "names": self.names,
             "shape": list(shape),
             "dtype": str(np_dtype),
             "key": key,
             "tile": tile,
             "blocks": n_blocks,
+            "symmetric": symmetric,
         }
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"store={str(path)!r} is not a directory; pass a directory path")
         meta_file = path / "meta.json"
-        resume = meta_file.exists()
-        if resume:
-            old = json.loads(meta_file.read_text())
-            if old != meta:
-                raise ValueError(
-                    f"store={str(path)!r} holds a different computation ({old}); "
-                    "use another directory or delete this one to start over"
+        files = {name: path / f"{name}.npy" for name in self.names}
+        done_shape, sums_shape = (n_blocks,), (n_blocks, len(self.names), 2)
+        if meta_file.exists():
+            self._check_meta(meta_file, meta)
+            self.arrays = {name: _open(files[name], path, shape, np_dtype) for name in self.names}
+            self.done = _open(path / "done.npy", path, done_shape, np.dtype(np.bool_))
+            self.sums = _open(path / "checksums.npy", path, sums_shape, np.dtype(np.uint32))
+            self._check_space(sum(f.stat().st_size - _allocated(f) for f in files.values()))
+            self._verify()
+        else:
+            need = len(self.names) * math.prod(shape) * np_dtype.itemsize + n_blocks * (
+                1 + 8 * len(self.names)
+            )
+            self._check_space(need)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                self.arrays = {
+                    name: np.lib.format.open_memmap(files[name], mode="w+", dtype=np_dtype, shape=shape)
+                    for name in self.names
+                }
+                self.done = np.lib.format.open_memmap(
+                    path / "done.npy", mode="w+", dtype=np.bool_, shape=done_shape
                 )
-        mode = "r+" if resume else "w+"
-        self.arrays = {
-            name: np.lib.format.open_memmap(path / f"{name}.npy", mode=mode, dtype=np_dtype, shape=shape)
-            for name in names
-        }
-        self.done = np.lib.format.open_memmap(path / "done.npy", mode=mode, dtype=np.bool_, shape=(n_blocks,))
-        if not resume:
-            self.done[:] = False
-            self.flush()
-            meta_file.write_text(json.dumps(meta))
+                self.sums = np.lib.format.open_memmap(
+                    path / "checksums.npy", mode="w+", dtype=np.uint32, shape=sums_shape
+                )
+                self.flush()
+                # meta.json last, atomically: a directory without it was never fully created and starts over
+                partial = path / "meta.json.partial"
+                partial.write_text(json.dumps(meta))
+                os.replace(partial, meta_file)
+            except OSError as err:
+                raise StoreError(
+                    f"store={str(path)!r} cannot be created: {err}; pass another directory"
+                ) from err
+
+    def _check_meta(self, meta_file: Path, meta: dict) -> None:
+        try:
+            old = json.loads(meta_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise StoreError(
+                f"store={str(self.path)!r} is damaged: {meta_file} is not readable JSON ({err}); "
+                f"{_remedy(self.path)}"
+            ) from err
+        if not isinstance(old, dict) or not {"names", "shape", "dtype", "key"} <= set(old):
+            raise StoreError(
+                f"store={str(self.path)!r} is damaged: {meta_file} does not describe a stored kernel; "
+                f"{_remedy(self.path)}"
+            )
+        if old.get("format") != _FORMAT:
+            raise StoreError(
+                f"store={str(self.path)!r} was written by another version of ntkit (format "
+                f"{old.get('format', 1)}, this one writes {_FORMAT}, with checksums); {_remedy(self.path)}"
+            )
+        if old != meta:
+            raise StoreError(
+                f"store={str(self.path)!r} holds a different computation ({old}); "
+                "use another directory or delete this one to start over"
+            )
+
+    def _check_space(self, need: int) -> None:
+        free = _free_disk(self.path)
+        if free is not None and need > free:
+            raise StoreError(
+                f"store={str(self.path)!r} needs {need / 2**30:.3g} GiB of disk for the "
+                f"{' and '.join(self.names)} matrices but only {free / 2**30:.3g} GiB is free on that disk; "
+                "free some space, pass a directory on a larger disk, or request one matrix only "
+                "(get='ntk' or get='nngp')"
+            )
+
+    def digest(self, index: int) -> np.ndarray:
+        """Per output, CRC-32s of block `index` as it is in the file and of its mirror (0 where it has none).
+
+        CRC-32 detects every burst of damage up to 32 bits (a flipped value) and all but 2**-32 of any other
+        damage, at several GB/s; a cryptographic hash would cost 5x more on every block for no gain here.
+        """
+        rows, cols = self.todo[index]
+        out = np.zeros((len(self.names), 2), dtype=np.uint32)
+        seed = zlib.crc32(np.int64(index).tobytes())
+        for i, name in enumerate(self.names):
+            a = self.arrays[name]
+            out[i, 0] = zlib.crc32(np.ascontiguousarray(a[rows, cols]), seed)
+            if self.symmetric and rows != cols:
+                out[i, 1] = zlib.crc32(np.ascontiguousarray(a[cols, rows]), seed)
+        return out
+
+    def _verify(self) -> None:
+        for index in np.flatnonzero(self.done):
+            found = self.digest(int(index))
+            for i, name in enumerate(self.names):
+                if not np.array_equal(found[i], self.sums[index, i]):
+                    rows, cols = self.todo[index]
+                    raise StoreError(
+                        f"store={str(self.path)!r} is damaged: block {int(index)} (rows {rows.start}:{rows.stop}, "
+                        f"columns {cols.start}:{cols.stop}) of {self.path / (name + '.npy')} does not match its "
+                        f"checksum in checksums.npy (one of them was changed, truncated or overwritten since it was "
+                        "written); "
+                        f"{_remedy(self.path)}"
+                    )
+
+    def commit(self, finished: list[tuple[int, np.ndarray]]) -> None:
+        """Make finished blocks durable: their data reaches the disk before their checksums and flags do."""
+        for a in self.arrays.values():
+            a.flush()
+        for index, digest in finished:
+            self.sums[index] = digest
+        self.sums.flush()
+        for index, _ in finished:
+            self.done[index] = True
+        self.done.flush()
+        finished.clear()
 
     def flush(self) -> None:
         for a in self.arrays.values():
             a.flush()
+        self.sums.flush()
         self.done.flush()
+
+
+def _check_finite(name: str, block: torch.Tensor, rows: slice, cols: slice) -> None:
+    """Refuse a block with inf or NaN: a kernel entry that overflowed the dtype (or an activation's NaN)."""
+    if bool(torch.isfinite(block.sum())):  # one pass, no mask: inf and NaN propagate through a sum
+        return
+    finite = torch.isfinite(block)
+    if bool(finite.all()):  # finite entries whose sum overflowed
+        return
+    bad = int((~finite).sum())
+    nan = int(torch.isnan(block).sum())
+    raise ValueError(
+        f"the {name} kernel is not finite: the block of rows {rows.start}:{rows.stop} and columns "
+        f"{cols.start}:{cols.stop} holds {bad - nan} infinite and {nan} NaN value(s) in {block.dtype}. "
+        "Its entries overflowed the range of the dtype (or an activation returned NaN). Use float64 inputs "
+        "(x.double()), a smaller w_std or fewer layers, or normalised inputs (e.g. each row scaled to norm "
+        "sqrt(d), so that S0(x, x) = 1)"
+    )
 
 
 def run_blocks(
@@ -155,8 +361,11 @@ def run_blocks(
     """Fill (n1, n2) matrices named `names` block by block with `block_fn(rows, cols, on_diagonal)`.
 
     In memory, the outputs are allocated on `device` up front, after checking they fit. With `store`, they are
-    memory-mapped .npy files in that directory (returned as CPU tensors sharing the files' memory); finished blocks
-    are recorded, and a later call with the same `store` and `key` computes only the blocks still missing.
+    memory-mapped .npy files in that directory (returned as CPU tensors sharing the files' memory), after checking
+    the disk has room for them; finished blocks are recorded with a checksum, and a later call with the same
+    `store` and `key` verifies them and computes only the blocks still missing. A damaged store raises
+    `StoreError` naming the file. Every block is checked for inf and NaN before it is kept: a kernel that
+    overflowed its dtype raises a ValueError saying so, instead of returning non-finite entries.
     """
     itemsize = dtype.itemsize
     out_bytes = len(names) * n1 * n2 * itemsize
@@ -174,9 +383,11 @@ def run_blocks(
         done = np.zeros(len(todo), dtype=np.bool_)
         disk = None
     else:
-        disk = _Store(Path(store), names, (n1, n2), dtype, key, tile, len(todo))
+        disk = _Store(Path(store), names, (n1, n2), dtype, key, tile, todo, symmetric)
         outputs = {name: torch.from_numpy(a) for name, a in disk.arrays.items()}
         done = disk.done
+    finished: list[tuple[int, np.ndarray]] = []  # written to the files, not yet flagged done
+    last_commit = time.monotonic()
 
     # progress=None lets tqdm decide: a bar on a terminal, silence in logs and CI.
     disable = None if progress is None else not progress
@@ -190,6 +401,8 @@ def run_blocks(
             on_diagonal = symmetric and rows == cols
             results = block_fn(rows, cols, on_diagonal)
             for name in names:
+                _check_finite(name, results[name], rows, cols)
+            for name in names:
                 block = results[name]
                 if on_diagonal:
                     # Floating-point rounding need not be symmetric (BLAS, fused ops); K(X, X) must be exactly.
@@ -199,10 +412,16 @@ def run_blocks(
                 if symmetric and not on_diagonal:
                     # A contiguous transpose first: writing a transposed view into a strided one is 2x slower.
                     target[cols, rows] = block.T.contiguous().to(target.device)
-            done[index] = True
+            if disk is None:
+                done[index] = True
+            else:
+                finished.append((index, disk.digest(index)))
+                if time.monotonic() - last_commit > _COMMIT_SECONDS:
+                    disk.commit(finished)
+                    last_commit = time.monotonic()
             bar.update()
     finally:
         bar.close()
         if disk is not None:
-            disk.flush()
+            disk.commit(finished)  # the blocks written completely before an interruption are kept
     return outputs
