@@ -58,17 +58,39 @@ def test_effective_rank_of_unequal_spectrum_matches_entropy_formula():
     assert spec.participation_ratio == pytest.approx(16.0 / 10.0, rel=1e-12)
 
 
-def test_float32_input_is_decomposed_in_float64_and_cached():
+def test_float32_input_is_decomposed_in_float64():
     kernel, _ = _hand_built([3.0, 2.0, 1.0])
-    kernel32 = kernel.float()
-    first = spectrum(kernel32)
-    assert first.eigenvalues.dtype == torch.float64
-    assert first.eigenvalues.device == kernel32.device
-    assert spectrum(kernel32) is first
-    kernel32.mul_(2.0)  # an in-place change bumps the version counter: the cache must not answer
-    second = spectrum(kernel32)
-    assert second is not first
-    torch.testing.assert_close(second.eigenvalues, 2 * first.eigenvalues, rtol=1e-6, atol=1e-6)
+    spec = spectrum(kernel.float())
+    assert spec.eigenvalues.dtype == torch.float64
+    assert spec.eigenvalues.device == kernel.device
+    torch.testing.assert_close(
+        spec.eigenvalues, torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_in_place_changes_through_data_are_seen():
+    """A change through .data leaves the version counter alone: a cache keyed on it would answer stale."""
+    kernel, _ = _hand_built([3.0, 2.0, 1.0])
+    first = spectrum(kernel)
+    version = kernel._version
+    kernel.data.mul_(2.0)
+    assert kernel._version == version  # the very change an id/version key cannot see
+    torch.testing.assert_close(spectrum(kernel).eigenvalues, 2 * first.eigenvalues, rtol=1e-12, atol=1e-12)
+
+
+def test_in_place_changes_through_a_shared_numpy_buffer_are_seen():
+    kernel, _ = _hand_built([3.0, 2.0, 1.0])
+    buffer = kernel.numpy()  # shares memory with the tensor
+    first = spectrum(kernel)
+    buffer *= 3.0
+    torch.testing.assert_close(spectrum(kernel).eigenvalues, 3 * first.eigenvalues, rtol=1e-12, atol=1e-12)
+    # the analyses that start from K see the change too
+    from ntkit.analysis import label_alignment
+
+    y = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    before = label_alignment(first, y).kernel_target_alignment
+    buffer[0, 0] += 5.0  # no longer a multiple of the first kernel: the alignment with e_0 changes
+    assert label_alignment(kernel, y).kernel_target_alignment != pytest.approx(before, rel=1e-6)
 
 
 def test_numpy_input_accepted():

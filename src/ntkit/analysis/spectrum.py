@@ -1,9 +1,8 @@
-"""Eigen-decomposition of a kernel matrix in float64, cached, with its condition number and effective rank."""
+"""Eigen-decomposition of a kernel matrix in float64, with its condition number and effective rank."""
 
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,29 +49,6 @@ class Spectrum:
         return basis.T @ vectors
 
 
-# id(K) -> (weak reference to K, K's version counter, Spectrum). Eigen-decomposition is the O(n^3) step that
-# alignment, bounds and convergence all start from, so the analyses of one kernel share a single eigh.
-_CACHE: dict[int, tuple[weakref.ref, int, Spectrum]] = {}
-_CACHE_SIZE = 8
-
-
-def _cached(kernel: torch.Tensor) -> Spectrum | None:
-    entry = _CACHE.get(id(kernel))
-    if entry is None:
-        return None
-    ref, version, result = entry
-    if ref() is kernel and kernel._version == version:
-        return result
-    return None
-
-
-def _remember(kernel: torch.Tensor, result: Spectrum) -> None:
-    key = id(kernel)
-    while len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (weakref.ref(kernel, lambda _ref, key=key: _CACHE.pop(key, None)), kernel._version, result)
-
-
 def _check_kernel(kernel: Any, name: str = "K") -> torch.Tensor:
     """Return ``kernel`` as a square, finite, symmetric floating tensor, raising ValueError/TypeError
     otherwise.
@@ -107,16 +83,15 @@ def spectrum(K: torch.Tensor) -> Spectrum:
     the labels project on it.
 
     The decomposition is done in float64 whatever K's dtype (the small eigenvalues of an NTK are lost in
-    float32) on K's device, and is cached: calling again with the same, unmodified tensor returns the same
-    result.
+    float32) on K's device. It is not cached: no key on a tensor (its id and version counter) sees every
+    change (through ``.data`` or a numpy array sharing its memory), and a stale spectrum is a wrong answer.
+    Where one decomposition should serve several analyses, compute it once and pass the :class:`Spectrum`
+    (``label_alignment``, ``generalization_bound`` and ``eigen_convergence`` all accept it).
 
     Returns:
         A :class:`Spectrum` with eigenvalues, eigenvectors, condition number, effective rank and participation
         ratio. The tensors are float64 on K's device.
     """
-    cached = _cached(K) if isinstance(K, torch.Tensor) else None
-    if cached is not None:
-        return cached
     kernel = _check_kernel(K, "K")
     sym = kernel.to(torch.float64)
     sym = 0.5 * (sym + sym.T)
@@ -136,10 +111,7 @@ def spectrum(K: torch.Tensor) -> Spectrum:
     else:
         effective_rank = 0.0
         participation = 0.0
-    result = Spectrum(values, vectors, condition, effective_rank, participation)
-    if isinstance(K, torch.Tensor):
-        _remember(K, result)
-    return result
+    return Spectrum(values, vectors, condition, effective_rank, participation)
 
 
 def _as_spectrum(K: torch.Tensor | Spectrum) -> Spectrum:
