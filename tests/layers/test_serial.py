@@ -9,6 +9,7 @@ import torch
 import ntkit
 from ntkit import layers
 from ntkit.layers import Dense, ReLU, Serial, mlp
+from ntkit.layers import kernel as layer_kernel
 from ntkit.tiling import MemoryBudgetError
 
 
@@ -148,15 +149,15 @@ def test_store_resumes_an_interrupted_run(tmp_path, monkeypatch):
     budget = 6 * 8 * 16 * 16
     expected = arch.kernel(x, memory_budget=budget)
     calls = {"n": 0}
-    original = Serial._block
+    original = layer_kernel._tile
 
-    def failing_block(self, *args, **kwargs):
+    def failing_block(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(Serial, "_block", failing_block)
+    monkeypatch.setattr(layer_kernel, "_tile", failing_block)
     with pytest.raises(KeyboardInterrupt):
         arch.kernel(x, memory_budget=budget, store=tmp_path / "k")
     assert np.load(tmp_path / "k" / "done.npy").sum() == 3
@@ -223,7 +224,11 @@ def test_bad_input(call, match, error):
         (lambda: Dense(3, b_std=float("nan")), "b_std", ValueError),
         (lambda: Dense(3, parametrization="mup"), "parametrization", ValueError),
         (lambda: Serial(), "layers", ValueError),
-        (lambda: Serial(ReLU(), Dense(1)), "layers\\[0\\]", ValueError),
+        (
+            lambda: Serial(ReLU(), Dense(1)).kernel(torch.ones(2, 3)),
+            "layers\\[0\\] ReLU.*Gaussian",
+            ValueError,
+        ),
         (lambda: Serial(Dense(2), torch.nn.ReLU()), "layers\\[1\\]", TypeError),
         (lambda: mlp(2, 8, activation=torch.nn.ReLU()), "activation", TypeError),
         (lambda: layers.NTKLinear(0, 3), "in_features", ValueError),

@@ -1,4 +1,9 @@
-"""Architecture descriptions: each layer knows both its finite-width module and its infinite-width kernel map."""
+"""Architecture descriptions: each layer knows both its finite-width module and its infinite-width kernel map.
+
+Every layer, activation and combinator follows one protocol (`Layer`, in `base`): `out_shape`, `module`,
+`map_state` on a `KernelState`, `requires_full`, `fingerprint`. Any of them has `kernel(x1, x2)` (the exact
+infinite-width NNGP and NTK) and `build(in_shape)` (the finite network).
+"""
 
 from .activations import (
     GELU,
@@ -16,23 +21,41 @@ from .activations import (
     c_sigma,
     edge_of_chaos,
 )
+from .base import KernelState, Layer, LayerError
+from .combinators import FanInConcat, FanInSum, FanOut, Parallel, Residual, Serial, mlp
+from .conv import Conv, NTKConv
 from .dense import Dense, NTKLinear
 from .kernel import Kernel
-from .serial import Serial, mlp
+from .norm import LayerNorm
+from .pooling import AvgPool, Flatten, GlobalAvgPool
 
 __all__ = [
     "GELU",
     "Abs",
     "AbsLinear",
     "Activation",
+    "AvgPool",
+    "Conv",
     "Dense",
     "Elementwise",
     "Erf",
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
+    "Flatten",
+    "GlobalAvgPool",
     "Identity",
     "Kernel",
+    "KernelState",
+    "Layer",
+    "LayerError",
+    "LayerNorm",
     "LeakyReLU",
+    "NTKConv",
     "NTKLinear",
+    "Parallel",
     "ReLU",
+    "Residual",
     "Serial",
     "Sigmoid",
     "Softplus",

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from .._validation import check_int, check_real
 from . import _quadrature
+from .base import KernelState, Layer, LayerError, Shape
 
 __all__ = [
     "GELU",
@@ -67,8 +68,12 @@ class ActivationModule(nn.Module):
         return repr(self.activation)
 
 
-class Activation:
+class Activation(Layer):
     """Base class of activations: `fn`, `derivative`, `module`, and the kernel maps `kernel_map` / `diag_map`.
+
+    As a layer (`map_state`) an activation acts entrywise on every pair of positions (p, p'), with the
+    variances S1[p, p] and S2[p', p'], on the cross-covariances and on each side's self-covariance alike, and
+    multiplies the NTK by Sdot. Its input must be Gaussian pre-activations (after Dense, Conv, or a sum of them).
 
     Subclasses implement `fn`, `derivative` and `kernel_map`; `diag_map` is `kernel_map` on identical points.
     `block_cost` is the working memory of `kernel_map` relative to the closed forms: these write S_new over
@@ -86,9 +91,44 @@ class Activation:
         """phi'(x), elementwise (almost everywhere for the piecewise-linear ones)."""
         raise NotImplementedError
 
-    def module(self) -> nn.Module:
-        """A torch module applying phi elementwise."""
+    def module(
+        self,
+        in_shape: Shape | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> nn.Module:
+        """A torch module applying phi elementwise (it has no parameters, so the arguments are not needed)."""
         return ActivationModule(self)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def map_state(self, state: KernelState) -> KernelState:
+        if not state.gaussian:
+            raise LayerError(
+                f"{self!r} needs Gaussian pre-activations as input (the output of Dense, Conv, or a sum of them), "
+                "but its input is the network input or another activation's output; put a Dense or Conv before it"
+            )
+        v1, v2 = state.pair_variances()
+        need_dot = state.need_ntk and state.ntk is not None
+        nngp, dot = self.kernel_map(state.nngp, v1, v2, need_dot=need_dot)
+        ntk = state.ntk.mul_(dot) if need_dot and dot is not None else state.ntk
+        return state.replace(
+            nngp=nngp,
+            ntk=ntk,
+            cov1=self._self_map(state, state.cov1),
+            cov2=None if state.cov2 is None else self._self_map(state, state.cov2),
+            gaussian=False,
+        )
+
+    def _self_map(self, state: KernelState, cov: torch.Tensor) -> torch.Tensor:
+        """The map on one side's self-covariance: on the variances alone, unless the whole spatial covariance
+        is kept (then entrywise over (p, p'), its diagonal being identical points)."""
+        if not state.full or not state.spatial:
+            return self.diag_map(cov)
+        v_p, v_q = state.self_variances(cov)
+        value, _ = self.kernel_map(cov, v_p, v_q, need_dot=False)
+        return value
 
     def kernel_map(
         self, s12: torch.Tensor, s11: torch.Tensor, s22: torch.Tensor, *, need_dot: bool = True
@@ -227,6 +267,9 @@ class AbsLinear(Activation):
             value.mul_(torch.sqrt(s11.clamp(min=0)))
         value.mul_(torch.sqrt(s22.clamp(min=0)))
         return value, (dot if need_dot else None)
+
+    def _config(self) -> tuple:
+        return (self.a, self.b)
 
     def __repr__(self) -> str:
         return f"AbsLinear(a={self.a!r}, b={self.b!r})"
@@ -421,6 +464,9 @@ class _Quadrature(Activation):
         slope = _quadrature.univariate_expectation(lambda x: self.derivative(x) ** 2, variance)
         return value, slope
 
+    def _config(self) -> tuple:
+        return (self.order,)
+
     def _order_repr(self) -> str:
         return "" if self.order == self.default_order else f"order={self.order}"
 
@@ -517,6 +563,9 @@ class Elementwise(_Quadrature):
         if self._derivative is None:
             return self._autograd(x, need_dot)
         return self._fn(x), (self._derivative(x) if need_dot else None)
+
+    def _config(self) -> tuple:
+        return (self.order, self._fn, self._derivative)
 
     def __repr__(self) -> str:
         parts = [f"fn={_callable_name(self._fn)}"]

@@ -14,11 +14,13 @@ A frozen layer (trainable=False) still propagates S and T but adds no term of it
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._validation import check_choice, check_int, check_real
+from .base import KernelState, Layer, LayerError, Shape
 
 PARAMETRIZATIONS = ("ntk", "standard")
 
@@ -72,8 +74,10 @@ class NTKLinear(nn.Module):
         )
 
 
-class Dense:
+class Dense(Layer):
     """A fully-connected layer of `width` output units, described once for both worlds.
+
+    Acts on features, shape (d,): after a spatial layer put `Flatten()` or `GlobalAvgPool()` before it.
 
     Args:
         width: number of output units of the finite network (the infinite-width kernel ignores it, except in the
@@ -106,43 +110,40 @@ class Dense:
             f", parametrization={self.parametrization!r}, trainable={self.trainable})"
         )
 
+    def _config(self) -> tuple:
+        return (self.width, self.w_std, self.b_std, self.parametrization, self.trainable)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 1:
+            raise LayerError(
+                f"Dense acts on features, but its input has the spatial shape {in_shape}; "
+                "put Flatten() or GlobalAvgPool() before it"
+            )
+        return (self.width,)
+
     # --- infinite width -------------------------------------------------------------------------------------
+    def map_state(self, state: KernelState) -> KernelState:
+        """S' = w_std**2 S + b_std**2 on every covariance; T as in the module docstring (in place)."""
+        n_in = state.shape[0]
+        nngp, ntk = _cross(self, state.nngp, state.ntk, n_in, state.need_ntk)
+        return state.replace(
+            nngp=nngp,
+            ntk=ntk,
+            cov1=self._diag(state.cov1),
+            cov2=None if state.cov2 is None else self._diag(state.cov2),
+            shape=(self.width,),
+            gaussian=True,
+        )
+
     def _diag(self, s: torch.Tensor) -> torch.Tensor:
         """Variance recursion S' = w_std**2 S + b_std**2 on a vector of variances (returns a new tensor)."""
         return s * self.w_std**2 + (self.b_std or 0.0) ** 2
 
-    def _cross(
-        self, s: torch.Tensor, t: torch.Tensor | None, n_in: int, need_ntk: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One layer of the covariance and NTK recursion on a tile; updates `s` and `t` in place.
-
-        `t` None stands for an NTK that is still zero (nothing trainable below), which saves a pass over memory.
-        """
-        w2 = self.w_std**2
-        b2 = (self.b_std or 0.0) ** 2
-        if need_ntk:
-            if t is not None and w2 != 1.0:
-                t.mul_(w2)
-            if self.trainable and self.parametrization == "standard":
-                # n_in S + [1]: uses the covariance of the layer's *input*, so it comes before s is updated.
-                bias_term = 1.0 if self.b_std is not None else 0.0
-                if t is None:
-                    t = torch.mul(s, float(n_in))
-                else:
-                    t.add_(s, alpha=float(n_in))
-                if bias_term:
-                    t.add_(bias_term)
-        if w2 != 1.0:
-            s.mul_(w2)
-        if b2 != 0.0:
-            s.add_(b2)
-        if need_ntk and self.trainable and self.parametrization == "ntk":
-            t = s.clone() if t is None else t.add_(s)
-        return s, t
-
     # --- finite width ---------------------------------------------------------------------------------------
-    def _module(self, in_features: int, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:
+    def module(self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:
         """The finite layer, drawn on the CPU from `generator` (so a seed gives the same network on any device)."""
+        self.out_shape(in_shape)
+        (in_features,) = in_shape
         if self.parametrization == "ntk":
             layer: nn.Module = NTKLinear(in_features, self.width, self.w_std, self.b_std, dtype=dtype)
             layer.reset_parameters(generator)
@@ -154,3 +155,33 @@ class Dense:
                     layer.bias.normal_(0.0, self.b_std, generator=generator)
         layer.requires_grad_(self.trainable)
         return layer
+
+
+def _cross(
+    layer: Dense | Any, s: torch.Tensor, t: torch.Tensor | None, n_in: int, need_ntk: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One affine layer of the covariance and NTK recursion on a tile; updates `s` and `t` in place.
+
+    `layer` has w_std, b_std, parametrization and trainable (Dense, and Conv after its window sums). `t` None
+    stands for an NTK that is still zero (nothing trainable below), which saves a pass over memory. In the
+    standard parametrization the NTK gains n_in S of the layer's *input*, so that comes before s is updated.
+    """
+    w2 = layer.w_std**2
+    b2 = (layer.b_std or 0.0) ** 2
+    if need_ntk:
+        if t is not None and w2 != 1.0:
+            t.mul_(w2)
+        if layer.trainable and layer.parametrization == "standard":
+            if t is None:
+                t = torch.mul(s, float(n_in))
+            else:
+                t.add_(s, alpha=float(n_in))
+            if layer.b_std is not None:
+                t.add_(1.0)
+    if w2 != 1.0:
+        s.mul_(w2)
+    if b2 != 0.0:
+        s.add_(b2)
+    if need_ntk and layer.trainable and layer.parametrization == "ntk":
+        t = s.clone() if t is None else t.add_(s)
+    return s, t
