@@ -17,7 +17,7 @@ from ._problem import Problem
 OUTPUTS = ("mean", "diagonal", "full")
 METHODS = ("auto", "jacobian", "ntk-vp", "layerwise")
 
-_PROBE_EXAMPLES = 3  # enough to see batch mixing; small enough to cost a few forward passes
+_PROBE_EXAMPLES = 3  # enough to plan the layerwise method on; small enough to cost a few forward passes
 
 
 def _as_input(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -95,11 +95,8 @@ def _select_params(model: nn.Module, params: Any) -> dict[str, torch.Tensor]:
 
 
 def _probe_batch(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
-    """A few examples for the probe, from x1 and, when x1 has fewer, from x2."""
-    x = x1[:_PROBE_EXAMPLES]
-    if x.shape[0] < _PROBE_EXAMPLES and x2 is not None:
-        x = torch.cat([x, x2[: _PROBE_EXAMPLES - x.shape[0]]])
-    return x
+    """A few examples to plan on, spread over x1 and x2 and distinct where possible (not the first rows)."""
+    return _checks.spread_rows(x1, x2, _PROBE_EXAMPLES)
 
 
 def empirical_ntk(
@@ -151,8 +148,9 @@ def empirical_ntk(
     Raises:
         TypeError, ValueError: an argument of the wrong type or value (the message names it), inputs with NaN
             or inf, inputs the model rejects, parameters that are not the model's; and models without a
-            per-example NTK: BatchNorm or dropout in training mode (call model.eval()), outputs for one
-            example that depend on the other examples of the batch, or random outputs.
+            per-example NTK: BatchNorm or dropout in training mode (call model.eval()), outputs or gradients
+            for one example that depend on the other examples of the batch, or random outputs (what the probe
+            detects, and what it cannot, is listed in `ntkit.empirical._checks`).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
@@ -232,7 +230,7 @@ def make_problem(
             raise TypeError(f"x1 and x2 must both be floating or both integer, got {x1.dtype} and {x2.dtype}")
     _checks.check_modes(model)
     k = _checks.probe(
-        model, _probe_batch(x1, x2), "x1" if x1.shape[0] >= _PROBE_EXAMPLES or x2 is None else "x1/x2"
+        model, _checks.spread_rows(x1, x2, _checks.PROBE_BATCH), "x1" if x2 is None else "x1/x2", selected
     )
 
     problem = Problem(

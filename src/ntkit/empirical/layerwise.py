@@ -41,7 +41,7 @@ from torch.func import functional_call, vjp, vmap
 from torch.utils import _pytree as pytree
 
 from ..layers.dense import NTKLinear
-from . import _contract
+from . import _checks, _contract
 from ._api import _probe_batch, make_problem
 from ._batching import OUT_OF_MEMORY, block_size, run_blocks
 from ._problem import Problem
@@ -393,6 +393,7 @@ class _Layerwise:
         try:
             with torch.enable_grad():
                 out = functional_call(self.model, leaves, (x,)).reshape(b, k)
+                self.last_outputs = out.detach()  # for the batch-mixing check of the first large block
         finally:
             recorder.active = False
             recorder.close()
@@ -785,9 +786,15 @@ def layerwise_ntk(
     )
     # the cached features are half of bytes_per_example (the rest is transients), given half the budget
     cache = n2 * plan.bytes_per_example <= problem.budget
+    checked = _checks.PROBE_BATCH  # the largest batch seen not to mix
 
     def features(x: torch.Tensor) -> dict[str, Any]:
-        return engine.features(x, plan)
+        nonlocal checked
+        feats = engine.features(x, plan)
+        if x.shape[0] > checked:  # a model may mix only in batches larger than the probe's
+            _checks.check_outputs(problem.model, x, engine.last_outputs, "x1" if x2 is None else "x1/x2")
+            checked = x.shape[0]
+        return feats
 
     return run_blocks(
         x1,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from . import _contract
+from . import _checks, _contract
 from ._batching import OUT_OF_MEMORY, block_size, run_blocks
 from ._problem import Problem
 from .jacobian import per_example_jacobians
@@ -79,6 +79,7 @@ def ntk_vp_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) -> t
     batch = problem.batch_size or block_size(
         n, 1.5 * per_example, problem.k_pairs * problem.itemsize, budget=problem.budget
     )
+    _checks.check_batched(model, x1, x2, batch)  # the jvps run the model on blocks of rows
     # each vmapped jvp carries a parameter-sized tangent and its dual numbers through the network
     chunk = max(1, int(problem.budget / (8 * problem.n_params * problem.itemsize)))
 
