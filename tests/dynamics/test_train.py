@@ -229,3 +229,32 @@ def test_bad_input_is_named():
         train(net, x_train[0], y, learning_rate=0.1, steps=1)
     with pytest.raises(TypeError, match="model"):
         train(lambda x: x, x_train, y, learning_rate=0.1, steps=1)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
+def test_no_examples_or_no_features_are_refused():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    with pytest.raises(ValueError, match="x_train must hold at least one example"):
+        train(net, torch.zeros(0, 3, dtype=DT), torch.zeros(0, dtype=DT), learning_rate=0.1, steps=2)
+    empty = torch.nn.Sequential(torch.nn.Linear(0, 4), torch.nn.Linear(4, 1)).double()
+    with pytest.raises(ValueError, match="x_train has no features"):
+        train(empty, torch.zeros(4, 0, dtype=DT), torch.zeros(4, dtype=DT), learning_rate=0.1, steps=2)
+    x, x_test, y = _data()
+    with pytest.raises(ValueError, match="x_test must hold at least one example"):
+        train(net, x[:, :3], y, learning_rate=0.1, steps=2, x_test=x_test[:0, :3])
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_training_that_diverges_to_nan_is_an_error_naming_the_step_and_the_rate(batch_size):
+    x, _, y = _data()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).double()
+    with pytest.raises(ValueError, match=r"diverged.*step \d+.*learning_rate=1e\+06.*max_learning_rate"):
+        train(net, x, 100 * y, learning_rate=1e6, steps=200, batch_size=batch_size, record_every=50)
+
+
+def test_non_finite_outputs_before_training_are_an_error():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)).double()
+    x, _, y = _data()
+    with pytest.raises(ValueError, match=r"not finite at step 0.*normalise.*float64"):
+        train(net, x * 1e300, y, learning_rate=0.1, steps=3)

@@ -172,3 +172,25 @@ def test_memory_budget_is_validated_and_sets_the_blocks(monkeypatch):
         batches.clear()
         empirical_ntk(model, x, method=method)  # the default budget: one block
         assert batches == [40], (method, batches)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
+def test_inputs_without_features_are_refused():
+    model = nn.Sequential(nn.Linear(0, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    with pytest.raises(ValueError, match=r"x1 has no features.*\(0,\)"):
+        empirical_ntk(model, torch.zeros(4, 0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x2 has no features"):
+        empirical_ntk(mlp(), X, torch.zeros(2, 3, dtype=torch.float64)[:, :0].reshape(2, 0, 1))
+
+
+@pytest.mark.parametrize("method", ["jacobian", "ntk-vp", "layerwise", "auto"])
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float64, 1e160), (torch.float32, 1e20)])
+def test_a_kernel_that_overflows_the_dtype_is_an_error_not_inf(method, dtype, scale):
+    """The outputs are finite, but gradient products (x . x') overflow: no inf or NaN kernel comes back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
+    x = torch.randn(5, 3, dtype=dtype).abs() * scale
+    with torch.no_grad():
+        assert bool(torch.isfinite(model(x)).all())
+    with pytest.raises(ValueError, match=r"empirical NTK is not finite.*overflowed.*normalise.*float64"):
+        empirical_ntk(model, x, method=method)

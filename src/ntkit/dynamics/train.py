@@ -15,6 +15,7 @@ under gradient descent"; Jacot et al. 2018 for the kernel's constancy at infinit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,46 @@ class TrainingResult:
 def _squared_loss(out: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
     total = 0.5 * (out - y).pow(2).sum()
     return total / y.numel() if reduction == "mean" else total
+
+
+def _check_examples(x: torch.Tensor, name: str) -> None:
+    """Refuse inputs without examples or without features: their loss is 0/0 and their outputs constant."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one example, got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(
+            f"{name} has no features (shape {tuple(x.shape)}): the model's outputs cannot depend on it; "
+            "pass inputs with at least one feature"
+        )
+
+
+def _check_finite(
+    out: torch.Tensor,
+    loss: torch.Tensor,
+    step: int,
+    learning_rate: float,
+    entries: int,
+    reduction: str,
+) -> None:
+    """Refuse outputs or a loss that are inf or NaN: a diverged run, whose later records would all be NaN.
+
+    Checked at the recorded steps only (NaN, once there, stays), so a run costs no extra device sync per step.
+    """
+    if bool(torch.isfinite(loss)) and bool(torch.isfinite(out).all()):
+        return
+    if step == 0:
+        raise ValueError(
+            f"the model's outputs or loss on x_train are not finite at step 0, before any training (loss "
+            f"{float(loss)} in {out.dtype}): the inputs or the outputs are too large for the dtype; normalise "
+            "x_train (and y_train), use float64 (model.double()), or initialise with smaller weights"
+        )
+    raise ValueError(
+        f"training diverged: by step {step} the outputs on x_train or the loss are not finite (loss "
+        f"{float(loss)} in {out.dtype}). learning_rate={learning_rate:g} is probably above the largest stable "
+        "rate of gradient descent, 2 N / lambda_max of the NTK on x_train; compute it with "
+        f"ntkit.dynamics.max_learning_rate(ntk, y_train_size={entries}, reduction={reduction!r}) and stay "
+        "below it"
+    )
 
 
 def _default_ntk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -147,12 +188,14 @@ def train(
     reference = trainable[0]
 
     x_train = as_float_tensor(x_train, "x_train").to(dtype=reference.dtype, device=reference.device)
+    _check_examples(x_train, "x_train")
     n = x_train.shape[0]
     y = as_float_tensor(y_train, "y_train", ndim=None).to(dtype=reference.dtype, device=reference.device)
     if y.ndim not in (1, 2) or y.shape[0] != n:
         raise ValueError(f"y_train must have shape ({n},) or ({n}, k) to match x_train, got {tuple(y.shape)}")
     if x_test is not None:
         x_test = as_float_tensor(x_test, "x_test").to(dtype=reference.dtype, device=reference.device)
+        _check_examples(x_test, "x_test")
         check_pair(x_test, x_train, "x_test", "x_train")
     if y_test is not None:
         if x_test is None:
@@ -194,9 +237,10 @@ def train(
     order = torch.empty(0, dtype=torch.long)
     cursor = 0
 
-    def record(out_train: torch.Tensor) -> None:
+    def record(out_train: torch.Tensor, step: int) -> None:
         train_outputs.append(out_train.detach().clone())
         losses.append(_squared_loss(out_train.detach(), y, reduction))
+        _check_finite(train_outputs[-1], losses[-1], step, learning_rate, y.numel(), reduction)
         if x_test is not None:
             with torch.no_grad():
                 out_test = forward(x_test, "x_test")
@@ -214,14 +258,14 @@ def train(
             if batch_size is None:
                 out = forward(x_train, "x_train")
                 if step in to_record:
-                    record(out)
+                    record(out, step)
                 if step == steps:
                     break
                 loss = _squared_loss(out, y, reduction)
             else:
                 if step in to_record:
                     with torch.no_grad():
-                        record(forward(x_train, "x_train"))
+                        record(forward(x_train, "x_train"), step)
                 if step == steps:
                     break
                 if cursor + batch_size > order.numel():
@@ -245,6 +289,13 @@ def train(
     drift = None
     if ntk is not None:
         reference_norm = torch.linalg.matrix_norm(ntk[0])
+        if float(reference_norm) == 0:
+            warnings.warn(
+                "the NTK at initialisation is zero on x_train (no trainable parameter moves the outputs), so "
+                "its relative drift ||T_s - T_0|| / ||T_0|| is undefined: ntk_drift holds NaN or inf",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         drift = torch.linalg.matrix_norm(ntk - ntk[0]) / reference_norm
     return TrainingResult(
         steps=torch.tensor(recorded, dtype=torch.long),

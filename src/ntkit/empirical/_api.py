@@ -39,6 +39,11 @@ def _as_input(value: Any, name: str, dtype: torch.dtype, device: torch.device) -
         raise ValueError(
             f"{name} must hold at least one example along axis 0, got shape {tuple(value.shape)}"
         )
+    if value[0].numel() == 0:
+        raise ValueError(
+            f"{name} has no features: its examples have shape {tuple(value.shape[1:])}, with no entries, so "
+            "the model's outputs cannot depend on them; pass inputs with at least one feature"
+        )
     if value.device != device:
         raise ValueError(
             f"{name} is on {value.device} but the model's parameters are on {device}; move one of them, "
@@ -150,7 +155,8 @@ def empirical_ntk(
             or inf, inputs the model rejects, parameters that are not the model's; and models without a
             per-example NTK: BatchNorm or dropout in training mode (call model.eval()), outputs or gradients
             for one example that depend on the other examples of the batch, or random outputs (what the probe
-            detects, and what it cannot, is listed in `ntkit.empirical._checks`).
+            detects, and what it cannot, is listed in `ntkit.empirical._checks`); inputs without features; a
+            kernel that overflows the dtype (inf or NaN entries).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))

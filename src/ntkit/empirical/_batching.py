@@ -63,6 +63,24 @@ def _tiles(n1: int, n2: int, rows: int, cols: int, symmetric: bool) -> list[tupl
     return out
 
 
+def _check_finite(block: torch.Tensor, rows: slice, cols: slice, symmetric: bool) -> None:
+    """Refuse a block with inf or NaN: gradient products that overflowed the dtype return no kernel at all."""
+    if bool(torch.isfinite(block.sum())):  # one pass, no mask: inf and NaN propagate through a sum
+        return
+    finite = torch.isfinite(block)
+    if bool(finite.all()):  # finite entries whose sum overflowed
+        return
+    bad = int((~finite).sum())
+    columns = "x1" if symmetric else "x2"
+    raise ValueError(
+        f"the empirical NTK is not finite: the block of x1 rows {rows.start}:{rows.stop} and {columns} rows "
+        f"{cols.start}:{cols.stop} holds {bad} infinite or NaN value(s) in {block.dtype}. The products of the "
+        "model's gradients overflowed the range of the dtype (the outputs themselves were finite on the probe): "
+        "normalise the inputs (e.g. to unit variance per feature), use float64 (model.double()), or "
+        "initialise the model with smaller weights"
+    )
+
+
 def run_blocks(
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -135,6 +153,7 @@ def run_blocks(
             on_diagonal = symmetric and rows == cols
             cols_feats = rows_feats if (on_diagonal and shared_features) else column(cols)
             block = contract(rows_feats, cols_feats, on_diagonal)
+            _check_finite(block, rows, cols, cols_input is x1)
             out[rows, cols] = block
             if symmetric and not on_diagonal:
                 out[cols, rows] = _contract.mirror(block)
