@@ -166,6 +166,12 @@ def train(
 
     Returns:
         A `TrainingResult`.
+
+    Raises:
+        ValueError: a bad argument (named), inputs without examples or features, or outputs or a loss that are
+            not finite at a recorded step: at step 0 the inputs are too large for the dtype; later, training
+            diverged (a learning rate above `max_learning_rate`), so the run stops with the step named rather
+            than recording NaN.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
