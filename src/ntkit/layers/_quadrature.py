@@ -59,6 +59,21 @@ def correlation(s12: torch.Tensor, s11: torch.Tensor, s22: torch.Tensor) -> torc
     return rho.masked_fill_(rho <= tolerance - 1.0, -1.0)
 
 
+def broadcast_shape(s12: torch.Tensor, s11: torch.Tensor, s22: torch.Tensor) -> torch.Size:
+    """The broadcast shape of the three, with a fast path for the usual case that s12 already has it.
+
+    `torch.broadcast_shapes` is written in Python and costs tens of microseconds, which is a measurable share of
+    a spatial kernel's small tiles; the check below costs a few.
+    """
+    shape = s12.shape
+    for other in (s11.shape, s22.shape):
+        if len(other) > len(shape) or any(
+            o not in (1, d) for o, d in zip(reversed(other), reversed(shape), strict=False)
+        ):
+            return torch.broadcast_shapes(s12.shape, s11.shape, s22.shape)
+    return shape
+
+
 def snap_tolerance(dtype: torch.dtype) -> float:
     """Correlations this close to +-1 are rounding noise of identical (antipodal) points: set to +-1.
 
@@ -96,7 +111,7 @@ def bivariate_expectations(
     against s12; the results have s12's broadcast shape, dtype and device. Work is split into chunks of
     entries so that no chunk allocates more than about `chunk_bytes` of temporaries.
     """
-    shape = torch.broadcast_shapes(s12.shape, s11.shape, s22.shape)
+    shape = broadcast_shape(s12, s11, s22)
     dtype, device = s12.dtype, s12.device
     rho = correlation(s12, s11, s22).broadcast_to(shape).reshape(-1)
     sd1 = torch.sqrt(s11.clamp(min=0)).broadcast_to(shape).reshape(-1)

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .._validation import check_choice, check_int, check_real
 from .base import KernelState, Layer, LayerError, Shape
-from .dense import PARAMETRIZATIONS, _cross
+from .dense import PARAMETRIZATIONS
 
 PADDINGS = ("same", "valid", "circular")
 
@@ -77,38 +77,62 @@ def _axes(
     return axes
 
 
-def _pad(x: torch.Tensor, dims: Sequence[int], lo: int, hi: int, circular: bool) -> torch.Tensor:
-    """`x` padded by `lo` before and `hi` after along each of `dims`: zeros, or wrapped around."""
-    if lo == 0 and hi == 0:
-        return x
-    if circular:
-        for dim in dims:
-            length = x.shape[dim]
-            index = torch.arange(-lo, length + hi, device=x.device) % length
-            x = x.index_select(dim, index)
-        return x
-    shape = list(x.shape)
-    inner: list[slice] = [slice(None)] * x.ndim
+def _wrap(x: torch.Tensor, dims: Sequence[int], lo: int, hi: int) -> torch.Tensor:
+    """`x` extended by `lo` positions before and `hi` after along each of `dims`, wrapping around."""
     for dim in dims:
-        inner[dim] = slice(lo, lo + shape[dim])
-        shape[dim] += lo + hi
-    out = x.new_zeros(shape)
-    out[tuple(inner)] = x
-    return out
+        length = x.shape[dim]
+        x = x.index_select(dim, torch.arange(-lo, length + hi, device=x.device) % length)
+    return x
 
 
 def window_sum(x: torch.Tensor, dims: Sequence[int], axis: _Axis, circular: bool) -> torch.Tensor:
-    """sum_{d < size} x_padded[s q + d] along every one of `dims` at once (the same shift d on each)."""
-    x = _pad(x, dims, axis.lo, axis.hi, circular)
-    total: torch.Tensor | None = None
+    """out[q] = sum_{d < size} x[s q + d - lo] along every one of `dims` at once (the same shift d on each).
+
+    Zero padding is never materialised: each shift adds only the output range whose input index is inside the
+    axis. This is the memory-bound core of the convolutional recursion, so it makes as few passes as it can:
+    one copy for a shift that covers the whole output, then one in-place addition per other shift.
+    """
+    lo = axis.lo
+    if circular:
+        x, lo = _wrap(x, dims, axis.lo, axis.hi), 0
+    length = x.shape[dims[0]]
+    ranges = []
     for d in range(axis.size):
-        index: list[slice] = [slice(None)] * x.ndim
+        first = max(0, -(-(lo - d) // axis.stride))
+        last = min(axis.out - 1, (length - 1 + lo - d) // axis.stride)
+        if first <= last:
+            ranges.append((d, first, last))
+    out: torch.Tensor | None = None
+    full = [r for r in ranges if r[1] == 0 and r[2] == axis.out - 1]
+    if full:
+        ranges.remove(full[0])
+        out = x[_index(x.ndim, dims, full[0], axis, lo, source=True)].clone()
+    else:
+        shape = list(x.shape)
         for dim in dims:
-            index[dim] = slice(d, d + axis.stride * (axis.out - 1) + 1, axis.stride)
-        piece = x[tuple(index)]
-        total = piece.clone() if total is None else total.add_(piece)
-    assert total is not None
-    return total
+            shape[dim] = axis.out
+        out = x.new_zeros(shape)
+    for r in ranges:
+        # add_ on the view: `out[i] += x[j]` would also copy the view back onto itself.
+        out[_index(x.ndim, dims, r, axis, lo, source=False)].add_(
+            x[_index(x.ndim, dims, r, axis, lo, source=True)]
+        )
+    return out
+
+
+def _index(
+    ndim: int, dims: Sequence[int], r: tuple[int, int, int], axis: _Axis, lo: int, source: bool
+) -> tuple:
+    """The slices of one shift d over output positions first..last: into x (`source`) or into the output."""
+    d, first, last = r
+    index: list[slice] = [slice(None)] * ndim
+    for dim in dims:
+        if source:
+            start = axis.stride * first + d - lo
+            index[dim] = slice(start, start + axis.stride * (last - first) + 1, axis.stride)
+        else:
+            index[dim] = slice(first, last + 1)
+    return tuple(index)
 
 
 def _tuple(value: int | Sequence[int], name: str) -> tuple[int, ...]:
@@ -256,20 +280,41 @@ class Conv(Layer):
         taps = math.prod(axis.size for axis in axes)
         circular = self.padding == "circular"
 
-        def windows(x: torch.Tensor, batch: int) -> torch.Tensor:
+        def windows(x: torch.Tensor) -> torch.Tensor:
             for i, axis in enumerate(axes):
-                dims = (batch + i, batch + k + i) if state.full else (batch + i,)
-                x = window_sum(x, dims, axis, circular)
-            return x.div_(taps)
+                x = window_sum(x, (i, k + i) if state.full else (i,), axis, circular)
+            return x
 
-        w2, b2 = self.w_std**2, (self.b_std or 0.0) ** 2
-        nngp = windows(state.nngp, 2)
-        ntk = None if state.ntk is None else windows(state.ntk, 2)
-        nngp, ntk = _cross(self, nngp, ntk, state.shape[0] * taps, state.need_ntk)
-        cov1 = windows(state.cov1, 1).mul_(w2).add_(b2)
-        cov2 = None if state.cov2 is None else windows(state.cov2, 1).mul_(w2).add_(b2)
+        # The recursion of the module docstring, in as few passes over memory as the update allows.
+        scale, b2 = self.w_std**2 / taps, (self.b_std or 0.0) ** 2
+        need_ntk, trainable = state.need_ntk, self.trainable
+        s = windows(state.nngp)
+        t = None if state.ntk is None or not need_ntk else windows(state.ntk)
+        standard = self.parametrization == "standard"
+        if t is not None and (standard or not trainable) and scale != 1.0:
+            t.mul_(scale)
+        if need_ntk and trainable and standard:
+            fan_in = float(state.shape[0] * taps)  # C_in sum_d S = C_in |k| mean_d S
+            t = torch.mul(s, fan_in) if t is None else t.add_(s, alpha=fan_in)
+            if self.b_std is not None:
+                t.add_(1.0)
+        if scale != 1.0:
+            s.mul_(scale)
+        if b2 != 0.0:
+            s.add_(b2)
+        if need_ntk and trainable and not standard:
+            t = s.clone() if t is None else torch.add(s, t, alpha=scale, out=t)
+
+        def self_map(cov: torch.Tensor) -> torch.Tensor:
+            cov = windows(cov)
+            return cov.mul_(scale).add_(b2)
+
         return state.replace(
-            nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, shape=self.out_shape(state.shape), gaussian=True
+            nngp=s,
+            ntk=t,
+            **state.map_covariances(self_map),
+            shape=self.out_shape(state.shape),
+            gaussian=True,
         )
 
     def module(self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:

@@ -129,8 +129,7 @@ class Dense(Layer):
         return state.replace(
             nngp=nngp,
             ntk=ntk,
-            cov1=self._diag(state.cov1),
-            cov2=None if state.cov2 is None else self._diag(state.cov2),
+            **state.map_covariances(self._diag),
             shape=(self.width,),
             gaussian=True,
         )

@@ -63,8 +63,7 @@ class LayerNorm(Layer):
         return state.replace(
             nngp=nngp,
             ntk=ntk,
-            cov1=normalise(state.cov1),
-            cov2=None if state.cov2 is None else normalise(state.cov2),
+            **state.map_covariances(normalise),
         )
 
     def module(self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:

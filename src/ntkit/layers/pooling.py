@@ -85,11 +85,11 @@ class AvgPool(Layer):
         k = len(axes)
         scale = 1.0 / math.prod(axis.size for axis in axes) ** 2
 
-        def pool(x: torch.Tensor, batch: int) -> torch.Tensor:
+        def pool(x: torch.Tensor) -> torch.Tensor:
             for i, axis in enumerate(axes):
                 # Unlike a convolution, the two position sets are averaged independently.
-                x = window_sum(x, (batch + i,), axis, circular=False)
-                x = window_sum(x, (batch + k + i,), axis, circular=False)
+                x = window_sum(x, (i,), axis, circular=False)
+                x = window_sum(x, (k + i,), axis, circular=False)
             return x.mul_(scale)
 
         return state.map_linear(pool, shape=self.out_shape(state.shape))
@@ -123,8 +123,8 @@ class GlobalAvgPool(Layer):
             )
         k = len(state.spatial)
 
-        def mean(x: torch.Tensor, batch: int) -> torch.Tensor:
-            return x.mean(dim=tuple(range(batch, batch + 2 * k)))
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=tuple(range(2 * k)))
 
         return state.map_linear(mean, shape=(state.shape[0],), full=False)
 
@@ -151,11 +151,12 @@ class Flatten(Layer):
         k = len(state.spatial)
         positions = math.prod(state.spatial)
 
-        def mean_diagonal(x: torch.Tensor, batch: int) -> torch.Tensor:
+        def mean_diagonal(x: torch.Tensor) -> torch.Tensor:
             if state.full:
-                x = x.reshape(*x.shape[:batch], positions, positions).diagonal(dim1=-2, dim2=-1)
-                return x.mean(dim=-1)
-            return x.mean(dim=tuple(range(batch, batch + k)))
+                return (
+                    x.reshape(positions, positions, *x.shape[2 * k :]).diagonal(dim1=0, dim2=1).mean(dim=-1)
+                )
+            return x.mean(dim=tuple(range(k)))
 
         return state.map_linear(mean_diagonal, shape=self.out_shape(state.shape), full=False)
 
