@@ -294,8 +294,9 @@ class Conv(Layer):
         if t is not None and (standard or not trainable) and scale != 1.0:
             t.mul_(scale)
         if need_ntk and trainable and standard:
-            fan_in = float(state.shape[0] * taps)  # C_in sum_d S = C_in |k| mean_d S
-            t = torch.mul(s, fan_in) if t is None else t.add_(s, alpha=fan_in)
+            # s holds the window sums (not yet scaled): the term is C_in sum_d S.
+            channels = float(state.shape[0])
+            t = torch.mul(s, channels) if t is None else t.add_(s, alpha=channels)
             if self.b_std is not None:
                 t.add_(1.0)
         if scale != 1.0:
