@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy.special import roots_hermitenorm
+from torch.nn import functional as F
 
 # Temporaries allowed per chunk. Each entry of a chunk holds up to about eight (order, order) arrays at once
 # (arguments, values, derivatives and their temporaries), so the chunk size follows from this bound.
@@ -49,14 +50,19 @@ def gauss_hermite(order: int, dtype: torch.dtype, device: torch.device) -> tuple
 
 
 def correlation(s12: torch.Tensor, s11: torch.Tensor, s22: torch.Tensor) -> torch.Tensor:
-    """rho = s12 / sqrt(s11 s22), clamped to [-1, 1], snapped to +-1 within a few ulps, 0 at zero variance."""
-    inv1 = _safe_rsqrt(s11)
-    inv2 = _safe_rsqrt(s22)
-    rho = s12 * inv1 * inv2
-    rho.clamp_(-1.0, 1.0)
-    tolerance = snap_tolerance(rho.dtype)
-    rho.masked_fill_(rho >= 1.0 - tolerance, 1.0)
-    return rho.masked_fill_(rho <= tolerance - 1.0, -1.0)
+    """rho = s12 / sqrt(s11 s22), clamped to [-1, 1], snapped to +-1 within a few ulps, 0 at zero variance.
+
+    The one place where ntkit decides that two points are identical (theta = 0 exactly) or antipodal: every
+    kernel map that depends on the angle (the closed forms of a s + b |s| and all quadratures) calls this.
+    `s12`'s storage is overwritten with the result (the callers hand it over); s11 and s22 are not modified.
+    """
+    # F.threshold_ (x <= threshold -> value) is one cheap pass that snaps and clamps one end of [-1, 1]: on
+    # -rho it sets correlations within a few ulps of 1 (or above 1) to exactly 1, on rho those near -1 to
+    # exactly -1 (antipodal inputs, where the kink of |s| makes Sdot ill-conditioned).
+    snap = snap_tolerance(s12.dtype) - 1.0
+    rho = s12.mul_(_safe_rsqrt(s11).neg_()).mul_(_safe_rsqrt(s22))
+    F.threshold_(rho, snap, -1.0)
+    return F.threshold_(rho.neg_(), snap, -1.0)
 
 
 def broadcast_shape(s12: torch.Tensor, s11: torch.Tensor, s22: torch.Tensor) -> torch.Size:
@@ -113,7 +119,7 @@ def bivariate_expectations(
     """
     shape = broadcast_shape(s12, s11, s22)
     dtype, device = s12.dtype, s12.device
-    rho = correlation(s12, s11, s22).broadcast_to(shape).reshape(-1)
+    rho = correlation(s12.broadcast_to(shape).clone(), s11, s22).reshape(-1)
     sd1 = torch.sqrt(s11.clamp(min=0)).broadcast_to(shape).reshape(-1)
     sd2 = torch.sqrt(s22.clamp(min=0)).broadcast_to(shape).reshape(-1)
     # alpha, beta from (1 +- rho) / 2, each factor exact near its own end of [-1, 1].

@@ -241,14 +241,7 @@ class AbsLinear(Activation):
         if s12.shape != shape:
             s12 = s12.broadcast_to(shape).clone()
         dtype, device = s12.dtype, s12.device
-        # F.threshold_ (x <= threshold -> value) is one cheap pass that snaps and clamps one end of [-1, 1]:
-        # on -rho it sets correlations within a few ulps of 1 (or above 1) to exactly 1, on rho those near -1
-        # to exactly -1 (antipodal inputs, where the kink makes Sdot ill-conditioned).
-        snap = _quadrature.snap_tolerance(dtype) - 1.0
-        rho = s12
-        rho.mul_(_safe_rsqrt(s11).neg_()).mul_(_safe_rsqrt(s22))
-        F.threshold_(rho, snap, -1.0)
-        F.threshold_(rho.neg_(), snap, -1.0)
+        rho = _quadrature.correlation(s12, s11, s22)  # over s12's storage
 
         root, dot = _sqrt_one_minus_square(rho)  # sqrt((1 - rho)(1 + rho)), and a fresh buffer
         torch.asin(rho, out=dot)
