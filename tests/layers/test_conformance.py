@@ -310,3 +310,14 @@ def test_even_kernels_with_same_padding_pad_like_tensorflow():
     net = arch.build((1, 7), seed=0, dtype=torch.float64)
     assert net(torch.ones(2, 1, 7, dtype=torch.float64)).shape == (2, 1)
     assert net[0].pads == (1, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_spatial_kernels_on_cuda_equal_the_cpu_ones():
+    arch = Serial(Conv(6, 3), Residual(ReLU(), Conv(6, 3)), ReLU(), AvgPool(2), Flatten(), Dense(1))
+    x = _inputs((2, 6, 6))
+    cpu = arch.kernel(x)
+    cuda = arch.kernel(x.cuda())
+    assert cuda.ntk.device.type == "cuda" and cuda.ntk.dtype == torch.float64
+    torch.testing.assert_close(cuda.ntk.cpu(), cpu.ntk, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(cuda.nngp.cpu(), cpu.nngp, rtol=1e-12, atol=1e-14)
