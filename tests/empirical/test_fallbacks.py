@@ -61,16 +61,16 @@ def test_auto_switches_method_only_for_models_the_layerwise_plan_cannot_follow(m
     def unsupported(self, x):
         raise layerwise.LayerwiseUnsupported("the hooks cannot follow this model")
 
-    monkeypatch.setattr(layerwise._Layerwise, "plan", unsupported)
+    monkeypatch.setattr(layerwise.Layerwise, "plan", unsupported)
     assert torch.allclose(empirical_ntk(model, X, method="auto"), expected, rtol=1e-12, atol=0)
 
     def planner_bug(self, x):
         raise KeyError("a bug in the planner")
 
-    monkeypatch.setattr(layerwise._Layerwise, "plan", planner_bug)
+    monkeypatch.setattr(layerwise.Layerwise, "plan", planner_bug)
     with pytest.raises(KeyError, match="a bug in the planner"):
         empirical_ntk(model, X, method="auto")
-    monkeypatch.setattr(layerwise._Layerwise, "plan", out_of_memory)
+    monkeypatch.setattr(layerwise.Layerwise, "plan", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         empirical_ntk(model, X, method="auto")
 

@@ -100,3 +100,9 @@ def jacobian_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) ->
         progress=problem.progress,
         description="empirical NTK (jacobian)",
     )
+
+
+def cost(problem: Problem, forward: float, examples: float, pairs: float) -> float:
+    """Estimated flops: a backward pass per output per example (3 F k n), then the contraction of P-long
+    Jacobians for every pair of examples and formed output pair (2 P kp p)."""
+    return 3.0 * forward * problem.k * examples + 2.0 * problem.n_params * problem.k_pairs * pairs

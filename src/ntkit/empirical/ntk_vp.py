@@ -130,3 +130,8 @@ def ntk_vp_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) -> t
         progress=problem.progress,
         description="empirical NTK (ntk-vp)",
     )
+
+
+def cost(problem: Problem, forward: float, examples: float, pairs: float) -> float:
+    """Estimated flops: a vjp per output per example (3 F k n), then a jvp per tangent per pair (3 F k p)."""
+    return 3.0 * forward * problem.k * examples + 3.0 * forward * problem.k * pairs
