@@ -7,19 +7,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
+
+from .._artifacts import Check, to_json
 
 __all__ = ["Check", "SectionResult", "log_spaced_indices", "to_json"]
-
-
-@dataclass
-class Check:
-    """A prediction of the theory tested on the measured numbers, shown in the report's summary table."""
-
-    name: str
-    statement: str  # what the theory predicts, in words
-    measured: str  # what was measured, in words and numbers
-    passed: bool
 
 
 @dataclass
@@ -52,26 +43,6 @@ class SectionResult:
             highlights,
             data.get("seconds", 0.0),
         )
-
-
-def to_json(value: Any) -> Any:
-    """Tensors, arrays and numpy scalars as plain lists and floats; NaN and inf as null (strict JSON)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return to_json(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value
 
 
 def log_spaced_indices(count: int, keep: int) -> list[int]:

@@ -2,72 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 
+from .._artifacts import PAGE_CSS, embedded_png, escape
 from ._base import SectionResult
 
 __all__ = ["render_html"]
 
-_CSS = """
-:root { --ink: #1b1b1b; --muted: #555; --line: #d8d8d8; --pass: #0a7a3d; --fail: #b00020;
-        --bg-soft: #f5f6f8; }
-* { box-sizing: border-box; }
-html { -webkit-text-size-adjust: 100%; }
-body { margin: 0; color: var(--ink); background: #fff;
-       font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1000px; margin: 0 auto; padding: 1rem 1rem 3rem; }
-h1 { font-size: 1.6rem; line-height: 1.25; margin: 0.6rem 0 0.4rem; }
-h2 { font-size: 1.25rem; margin: 2.2rem 0 0.6rem; padding-top: 0.6rem; border-top: 1px solid var(--line); }
-p.meta { color: var(--muted); margin: 0.2rem 0; font-size: 0.95rem; }
-figure { margin: 0.8rem 0; }
-figure img { display: block; width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
-figcaption { margin-top: 0.5rem; font-size: 0.97rem; }
-.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
-table { border-collapse: collapse; width: 100%; font-size: 0.95rem; margin: 0.6rem 0; }
-th, td { text-align: left; vertical-align: top; padding: 0.35rem 0.5rem;
-         border-bottom: 1px solid var(--line); }
-th { background: var(--bg-soft); font-weight: 600; }
-td.verdict { white-space: nowrap; font-weight: 600; }
-td.pass { color: var(--pass); }
-td.fail { color: var(--fail); }
-nav ol { padding-left: 1.3rem; margin: 0.4rem 0; columns: 2 16rem; }
-pre { background: var(--bg-soft); padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; border-radius: 4px; }
-.files { font-size: 0.9rem; color: var(--muted); }
-p.swipe { display: none; margin: 0.2rem 0 0; font-size: 0.85rem; color: var(--muted); }
-a { color: #0b5cad; }
-@media (max-width: 600px) {
-  body { font-size: 15px; }
-  main { padding: 0.6rem 0.6rem 2rem; }
-  h1 { font-size: 1.35rem; }
-  th, td { padding: 0.3rem 0.35rem; }
-  figure .scroll img { width: 760px; max-width: none; }
-  p.swipe { display: block; }
-}
-@media print {
-  @page { margin: 1.4cm; }
-  body { font-size: 10.5pt; }
-  main { max-width: none; padding: 0; }
-  nav, .files, p.swipe { display: none; }
-  figure .scroll { overflow: visible; }
-  figure .scroll img { width: 100%; }
-  h2 { break-after: avoid; page-break-after: avoid; }
-  figure, table, tr { break-inside: avoid; page-break-inside: avoid; }
-  figure img { border: none; }
-  a { color: inherit; text-decoration: none; }
-  pre { white-space: pre-wrap; }
-}
-"""
-
-
-def _escape(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _figure(path: Path, alt: str) -> str:
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{_escape(alt)}">'
+_CSS = PAGE_CSS
+_escape = escape
+_figure = embedded_png
 
 
 def render_html(

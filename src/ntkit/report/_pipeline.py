@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._artifacts import one_cpu_thread as _one_cpu_thread
+from .._artifacts import read_record
+from .._artifacts import write_atomic as _write_atomic
 from ._base import SectionResult, to_json
 from ._html import render_html
 from ._plot import style
@@ -27,12 +29,6 @@ __all__ = ["generate_report"]
 
 # Bumped when a section's computation changes, so stale results on disk are not reused.
 _FORMAT = 1
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 def _fingerprint(config: Mapping[str, Any], name: str) -> str:
@@ -51,29 +47,8 @@ def _finished(directory: Path, name: str, fingerprint: str) -> SectionResult | N
     figures = [directory / "figures" / f"{name}.{ext}" for ext in ("png", "svg")]
     if not record.is_file() or not all(f.is_file() for f in figures):
         return None
-    try:
-        saved = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    if saved.get("fingerprint") != fingerprint:
-        return None
-    return SectionResult.from_json(saved["result"])
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run PyTorch's CPU work on one thread, restoring the setting after.
-
-    The report's matrices are small (tens to hundreds of rows), where a second thread gains little and, on
-    cores shared with other work, spin-waiting threads make training 10-20 times slower (measured).
-    """
-    previous = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    saved = read_record(record, fingerprint)
+    return None if saved is None else SectionResult.from_json(saved)
 
 
 def _check_device(config: Mapping[str, Any]) -> None:
