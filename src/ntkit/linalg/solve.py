@@ -1,0 +1,291 @@
+"""Kernel regression solves: (K + shift I) alpha = y by Cholesky, eigendecomposition, CG, or Nystrom/Falkon.
+
+shift = diag_reg * trace(K) / n (ntkit's convention: diag_reg is relative to the mean diagonal). Routes:
+
+- "cholesky": K + shift I = L L^T, then two triangular solves (needs the dense K and its factor: 2 n^2 numbers);
+- "eigh": K + shift I = V diag(lam) V^T; eigenvalues at round-off level (<= n eps lam_max) are treated as 0 (the
+  pseudo-inverse, so a singular K without diag_reg still has the minimum-norm answer);
+- "cg": preconditioned conjugate gradients on a `KernelOperator` (never forms K; `cg.py`);
+- "nystrom": Nystrom kernel regression with M centres S (Rudi et al. 2017, "FALKON"; Meanti et al. 2020):
+  f(x) = K(x, S) beta with beta = argmin ||K_nM beta - y||^2 + shift beta^T K_MM beta, i.e.
+  (K_nM^T K_nM + shift K_MM) beta = K_nM^T y, solved by CG with FALKON's preconditioner. Memory O(n M): K_nM is
+  kept if it fits (else recomputed block by block each iteration). With M = n it is exact kernel regression.
+- "auto": Cholesky when the dense route fits in memory (and n <= `DENSE_MAX_N`), otherwise CG.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import tiling
+from .._validation import as_float_tensor, check_choice, check_int, check_real
+from .cg import build_preconditioner, conjugate_gradients, default_tol
+from .operators import DenseKernel, KernelOperator, as_operator
+
+__all__ = ["DENSE_MAX_N", "METHODS", "Solution", "dense_fits", "solve"]
+
+METHODS = ("auto", "cholesky", "eigh", "cg", "nystrom")
+DENSE_MAX_N = 20_000
+"""Largest n for which solver="auto" takes the dense route (a Cholesky of n = 20,000 is ~2.7e12 flops; CG on a
+cached kernel needs ~100 products of 2 n^2 flops each beyond that)."""
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The coefficients of a kernel regression: predictions are K(x, X[support]) @ coef.
+
+    Attributes: `coef` ((n, k) or (n,) like y; (M, ...) on the centres for "nystrom"), `support` (None: all
+    training points; else the centre indices), `method` (the route taken), `shift` (the absolute diagonal
+    regularisation), `iterations` and `residual` (CG's relative residual; 0 and None for dense routes).
+    """
+
+    coef: torch.Tensor
+    support: torch.Tensor | None
+    method: str
+    shift: float
+    iterations: int = 0
+    residual: float | None = None
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """Coefficients on every training point (zero off the support): K(x, X) @ alpha is the prediction."""
+        if self.support is None:
+            return self.coef
+        raise ValueError("a Nystrom solution has coefficients on its centres only: use .coef with .support")
+
+    def predict(self, k_test_train: Any) -> torch.Tensor:
+        """K(x_test, X) @ coef for a (m, n) matrix or `KernelOperator` between test and training points."""
+        if isinstance(k_test_train, KernelOperator):
+            if self.support is None:
+                return k_test_train.matmul(self.coef)
+            return k_test_train.columns(self.support) @ self.coef
+        k = as_float_tensor(k_test_train, "k_test_train", ndim=2).to(self.coef.device, self.coef.dtype)
+        if self.support is not None:
+            k = k[:, self.support.to(k.device)]
+        return k @ self.coef
+
+
+def dense_fits(n: int, dtype: torch.dtype, device: torch.device, copies: float = 2.0) -> bool:
+    """Whether `copies` n x n matrices of `dtype` fit in half of the memory free on `device` now."""
+    free = tiling.available_memory(device)
+    if free is None:
+        return True
+    return copies * n * n * dtype.itemsize <= 0.5 * free
+
+
+def _labels(y: Any, n: int, like: KernelOperator) -> tuple[torch.Tensor, bool]:
+    y = as_float_tensor(y, "y", ndim=None)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match the kernel, got {tuple(y.shape)}")
+    y = y.to(dtype=like.dtype, device=like.device)
+    return (y[:, None] if y.ndim == 1 else y), y.ndim == 1
+
+
+def solve(
+    kernel: Any,
+    y: Any,
+    *,
+    diag_reg: float = 0.0,
+    method: str = "auto",
+    tol: float | None = None,
+    max_iter: int | None = None,
+    preconditioner: str | None = "nystrom",
+    rank: int | None = None,
+    n_centers: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    on_nonconvergence: str = "raise",
+) -> Solution:
+    """Solve (K + diag_reg * trace(K)/n * I) alpha = y by the route `method` (see the module docstring).
+
+    Args:
+        kernel: a `KernelOperator` (`ArchKernel`, `EmpiricalKernel`, `DenseKernel`, a Dask kernel) or an
+            (n, n) matrix (tensor or numpy array).
+        y: (n,) or (n, k) targets; the result takes the kernel's dtype and device.
+        diag_reg: regularisation relative to the mean diagonal (>= 0).
+        method: "auto", "cholesky", "eigh", "cg" or "nystrom".
+        tol: CG's relative residual (default 1e-8 in float64, 1e-4 in float32); max_iter its iteration cap.
+        preconditioner: CG's "nystrom" (default), "pivoted-cholesky" or None; rank its M (default
+            min(n, max(100, 2 sqrt(n)))).
+        n_centers: M for method="nystrom" (default min(n, 1000)); centres drawn uniformly with `seed`.
+        progress: CG's progress bar (None: only on a terminal).
+        on_nonconvergence: "raise" (ConvergenceError) or "warn" (ConvergenceWarning) when CG stops short of tol.
+    """
+    check_choice(method, "method", METHODS)
+    op = as_operator(kernel, "kernel")
+    n = op.shape[0]
+    if op.shape[0] != op.shape[1]:
+        raise ValueError(f"kernel must be square (the training kernel K(X, X)), got shape {op.shape}")
+    diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
+    seed = check_int(seed, "seed", minimum=0)
+    y2, was_1d = _labels(y, n, op)
+    shift = diag_reg * float(op.diagonal().sum()) / n if diag_reg else 0.0
+    if method == "auto":
+        copies = (
+            1.0 if isinstance(op, DenseKernel) else 2.0
+        )  # the factor (and the kernel, when not yet formed)
+        method = "cholesky" if n <= DENSE_MAX_N and dense_fits(n, op.dtype, op.device, copies) else "cg"
+    generator = torch.Generator().manual_seed(seed)
+    if method in ("cholesky", "eigh"):
+        k = op.to_dense()
+        coef = _cholesky(k, y2, shift) if method == "cholesky" else _eigh(k, y2, shift)
+        return Solution(coef[:, 0] if was_1d else coef, None, method, shift)
+    if method == "cg":
+        rank = min(n, max(100, int(2 * math.sqrt(n)))) if rank is None else check_int(rank, "rank", minimum=0)
+        pre = build_preconditioner(op, preconditioner, rank, shift, generator)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            out = op.matmul(v)
+            return out + shift * v if shift else out
+
+        result = conjugate_gradients(
+            matvec, y2, precondition=pre, tol=tol, max_iter=max_iter, progress=progress,
+            on_nonconvergence=on_nonconvergence, what="K + shift I",
+        )  # fmt: skip
+        coef = result.x
+        return Solution(coef[:, 0] if was_1d else coef, None, "cg", shift, result.iterations, result.residual)
+    m = min(n, 1000) if n_centers is None else check_int(n_centers, "n_centers", minimum=1)
+    if m > n:
+        raise ValueError(f"n_centers={m} exceeds the number of training points {n}")
+    centers = torch.randperm(n, generator=generator)[:m].sort().values
+    coef, iterations, residual = _falkon(op, y2, centers, shift, tol, max_iter, progress, on_nonconvergence)
+    return Solution(coef[:, 0] if was_1d else coef, centers, "nystrom", shift, iterations, residual)
+
+
+def _cholesky(k: torch.Tensor, y: torch.Tensor, shift: float) -> torch.Tensor:
+    a = k + shift * torch.eye(k.shape[0], dtype=k.dtype, device=k.device) if shift else k
+    factor, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        raise ValueError(
+            f"the kernel{' + shift I' if shift else ''} is not positive definite (Cholesky failed at column "
+            f"{int(info)}): it is singular to working precision or not PSD; pass diag_reg > 0 (e.g. 1e-6), or "
+            "solver='eigh' for the pseudo-inverse"
+        )
+    return torch.cholesky_solve(y, factor)
+
+
+def _eigh(k: torch.Tensor, y: torch.Tensor, shift: float) -> torch.Tensor:
+    n = k.shape[0]
+    a = k + shift * torch.eye(n, dtype=k.dtype, device=k.device) if shift else k
+    evals, evecs = torch.linalg.eigh(a)
+    lam_max = float(evals[-1])
+    if not lam_max > 0:
+        raise ValueError(f"the kernel has no positive eigenvalue (largest {lam_max:.3g})")
+    eps = torch.finfo(k.dtype).eps
+    if float(evals[0]) < -math.sqrt(eps) * lam_max:
+        warnings.warn(
+            f"the kernel is not positive semi-definite: smallest eigenvalue {float(evals[0]):.3g} vs largest "
+            f"{lam_max:.3g}; negative eigenvalues are treated as 0",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    null = evals <= n * eps * lam_max
+    if bool(null.any()):
+        warnings.warn(
+            f"the kernel is singular to working precision ({int(null.sum())} of {n} eigenvalues below "
+            f"{n * eps * lam_max:.3g}); using the pseudo-inverse. Pass diag_reg > 0 to regularise",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    inv = torch.where(null, torch.zeros_like(evals), 1.0 / torch.where(null, torch.ones_like(evals), evals))
+    return evecs @ (inv[:, None] * (evecs.T @ y))
+
+
+class _CrossToCenters:
+    """K_nM = K[:, centers], kept whole when it fits in memory, else recomputed in row blocks per product."""
+
+    def __init__(self, op: KernelOperator, centers: torch.Tensor) -> None:
+        self.op = op
+        self.centers = centers
+        n, m = op.shape[0], centers.numel()
+        self.rows = max(16, op.memory_budget // (4 * op.dtype.itemsize * m))
+        free = tiling.available_memory(op.device)
+        self.matrix = op.columns(centers) if free is None or n * m * op.dtype.itemsize <= 0.5 * free else None
+
+    def gram_product(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K_nM^T K_nM v, ...) in one pass over the rows."""
+        if self.matrix is not None:
+            return self.matrix.T @ (self.matrix @ v)
+        n = self.op.shape[0]
+        out = torch.zeros_like(v)
+        for i in range(0, n, self.rows):
+            blk = self.op.block(slice(i, min(i + self.rows, n)), self.centers)
+            out += blk.T @ (blk @ v)
+        return out
+
+    def transpose_product(self, y: torch.Tensor) -> torch.Tensor:
+        if self.matrix is not None:
+            return self.matrix.T @ y
+        n = self.op.shape[0]
+        out = torch.zeros((self.centers.numel(), y.shape[1]), dtype=y.dtype, device=y.device)
+        for i in range(0, n, self.rows):
+            rows = slice(i, min(i + self.rows, n))
+            out += self.op.block(rows, self.centers).T @ y[rows]
+        return out
+
+    def centers_block(self) -> torch.Tensor:
+        if self.matrix is not None:
+            return self.matrix[self.centers.to(self.matrix.device)]
+        return self.op.block(self.centers, self.centers)
+
+
+def _falkon(
+    op: KernelOperator,
+    y: torch.Tensor,
+    centers: torch.Tensor,
+    shift: float,
+    tol: float | None,
+    max_iter: int | None,
+    progress: bool | None,
+    on_nonconvergence: str,
+) -> tuple[torch.Tensor, int, float]:
+    """beta of (K_nM^T K_nM + shift K_MM) beta = K_nM^T y by CG with FALKON's preconditioner B = T^-1 A^-1.
+
+    T^T T = K_MM (+ jitter), A^T A = (n / M) T T^T + shift I, so B^T H B ~ I when K_nM^T K_nM ~ (n/M) K_MM^2.
+    """
+    n, m = op.shape[0], centers.numel()
+    knm = _CrossToCenters(op, centers)
+    kmm = knm.centers_block()
+    kmm = (kmm + kmm.T) / 2
+    eye = torch.eye(m, dtype=op.dtype, device=op.device)
+    jitter = m * torch.finfo(op.dtype).eps * float(torch.diagonal(kmm).mean())
+    t_up = _upper_cholesky(kmm + jitter * eye, "K(centres, centres)")
+    a_up = _upper_cholesky((n / m) * (t_up @ t_up.T) + shift * eye, "the FALKON preconditioner")
+
+    def b_apply(u: torch.Tensor) -> torch.Tensor:  # B u = T^-1 A^-1 u
+        return torch.linalg.solve_triangular(
+            t_up, torch.linalg.solve_triangular(a_up, u, upper=True), upper=True
+        )
+
+    def bt_apply(v: torch.Tensor) -> torch.Tensor:  # B^T v = A^-T T^-T v
+        w = torch.linalg.solve_triangular(t_up.T, v, upper=False)
+        return torch.linalg.solve_triangular(a_up.T, w, upper=False)
+
+    def matvec(u: torch.Tensor) -> torch.Tensor:
+        beta = b_apply(u)
+        h = knm.gram_product(beta)
+        if shift:
+            h = h + shift * (kmm @ beta)
+        return bt_apply(h)
+
+    rhs = bt_apply(knm.transpose_product(y))
+    result = conjugate_gradients(
+        matvec, rhs, tol=default_tol(op.dtype) if tol is None else tol, max_iter=max_iter, progress=progress,
+        on_nonconvergence=on_nonconvergence, what="the preconditioned Nystrom system",
+    )  # fmt: skip
+    return b_apply(result.x), result.iterations, result.residual
+
+
+def _upper_cholesky(a: torch.Tensor, what: str) -> torch.Tensor:
+    factor, info = torch.linalg.cholesky_ex((a + a.T) / 2, upper=True)
+    if int(info) != 0:
+        raise ValueError(
+            f"{what} is not positive definite (Cholesky failed at column {int(info)}): duplicated centres or a "
+            "singular kernel; pass diag_reg > 0 or fewer n_centers"
+        )
+    return factor
