@@ -1,10 +1,12 @@
-"""Tile scheduling for kernel matrices: memory budget, symmetric K(X, X), devices, and resumable on-disk output.
+"""The one block scheduler of ntkit: memory budget, symmetric K(X, X), devices, progress, resumable output.
 
-A kernel matrix is computed block by block. Each block runs the whole computation (e.g. the full depth recursion)
-for a slice of rows against a slice of columns, so the working memory is a few blocks, whatever n is. For
-K(X, X) only blocks on and above the diagonal are computed; the rest is their transpose. With `store=DIR` the
-output lives in .npy files on disk (memory-mapped) next to a record of finished blocks, so matrices larger than
-memory can be computed and an interrupted run resumes where it stopped.
+Every kernel matrix in ntkit, infinite-width (`ntkit.layers`) and empirical (`ntkit.empirical`), is computed
+block by block through `run_blocks`. Each block runs the whole computation (the full depth recursion, or a
+contraction of two blocks' gradient features) for a slice of rows against a slice of columns, so the working
+memory is a few blocks, whatever n is; `tile_size` and `block_size` plan the blocks from bytes per pair and per
+example. For K(X, X) only blocks on and above the diagonal are computed; the rest is their mirror image. With
+`store=DIR` the output lives in .npy files on disk (memory-mapped) next to a record of finished blocks, so
+matrices larger than memory can be computed and an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
-"""Working memory, in bytes, that one kernel computation may use beside its output (256 MiB)."""
+DEFAULT_MEMORY_BUDGET = 2**30
+"""Working memory, in bytes, that one kernel computation (infinite-width or empirical) may use beside its
+output: 1 GiB. Infinite-width tiles stop growing at 512 x 512 pairs well below it; per-example Jacobians and
+layer features of empirical NTKs fill it."""
 
 _PREFERRED_TILE = 512  # measured: 256-512 run ~20% faster than 1024 (cache-resident temporaries)
 _MIN_TILE = 16
+_MAX_BLOCK = 2048  # beyond this, larger example blocks buy no BLAS efficiency and only delay progress updates
 
 BlockFn = Callable[[slice, slice, bool], dict[str, torch.Tensor]]
 
@@ -46,6 +51,19 @@ def tile_size(memory_budget: int, itemsize: int, live_blocks: float) -> int:
             f"(needs {int(need)} bytes); raise memory_budget"
         )
     return min(side, _PREFERRED_TILE)
+
+
+def block_size(n: int, bytes_per_example: float, bytes_per_pair: float, *, budget: int) -> int:
+    """Largest block b <= n with 4 b per-example bytes (features and transients) + b**2 pair bytes <= budget.
+
+    `bytes_per_example` is what one example's features take, `bytes_per_pair` the temporaries for one (row,
+    column) pair. At least one example per block, whatever the budget: a single example that does not fit is
+    the caller's problem to report.
+    """
+    a = max(bytes_per_pair, 1e-12)
+    b = 4.0 * bytes_per_example
+    side = (-b + math.sqrt(b * b + 4.0 * a * budget)) / (2.0 * a)  # a s^2 + b s - budget = 0
+    return int(max(1, min(n, _MAX_BLOCK, math.floor(side))))
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -68,12 +86,14 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def blocks(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[slice, slice]]:
-    """Row and column slices of the blocks to compute, row-major; upper triangle only when `symmetric`."""
+def blocks(n1: int, n2: int, tile: int | tuple[int, int], symmetric: bool) -> list[tuple[slice, slice]]:
+    """Row and column slices of the blocks to compute, row-major; for K(X, X) only columns from each row
+    panel's first row on. `tile` is a side, or (rows, columns) of a rectangular block."""
+    rows, cols = (tile, tile) if isinstance(tile, int) else tile
     out = []
-    for i in range(0, n1, tile):
-        for j in range(i if symmetric else 0, n2, tile):
-            out.append((slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))))
+    for i in range(0, n1, rows):
+        for j in range(i if symmetric else 0, n2, cols):
+            out.append((slice(i, min(i + rows, n1)), slice(j, min(j + cols, n2))))
     return out
 
 
@@ -325,7 +345,18 @@ class _Store:
         self.done.flush()
 
 
-def _check_finite(name: str, block: torch.Tensor, rows: slice, cols: slice) -> None:
+_NONFINITE_ADVICE = (
+    "Its entries overflowed the range of the dtype (or an activation returned NaN). Use float64 inputs "
+    "(x.double()), a smaller w_std or fewer layers, or normalised inputs (e.g. each row scaled to norm "
+    "sqrt(d), so that S0(x, x) = 1)"
+)
+_MEMORY_ADVICE = (
+    "Pass store='some/dir' to compute them out of core on disk (resumable), use float32 inputs to halve "
+    "the size, request one matrix only with get='ntk' or get='nngp', or split x1 into chunks."
+)
+
+
+def _check_finite(name: str, block: torch.Tensor, rows: slice, cols: slice, advice: str) -> None:
     """Refuse a block with inf or NaN: a kernel entry that overflowed the dtype (or an activation's NaN)."""
     if bool(torch.isfinite(block.sum())):  # one pass, no mask: inf and NaN propagate through a sum
         return
@@ -336,10 +367,7 @@ def _check_finite(name: str, block: torch.Tensor, rows: slice, cols: slice) -> N
     nan = int(torch.isnan(block).sum())
     raise ValueError(
         f"the {name} kernel is not finite: the block of rows {rows.start}:{rows.stop} and columns "
-        f"{cols.start}:{cols.stop} holds {bad - nan} infinite and {nan} NaN value(s) in {block.dtype}. "
-        "Its entries overflowed the range of the dtype (or an activation returned NaN). Use float64 inputs "
-        "(x.double()), a smaller w_std or fewer layers, or normalised inputs (e.g. each row scaled to norm "
-        "sqrt(d), so that S0(x, x) = 1)"
+        f"{cols.start}:{cols.stop} holds {bad - nan} infinite and {nan} NaN value(s) in {block.dtype}. {advice}"
     )
 
 
@@ -352,13 +380,23 @@ def run_blocks(
     dtype: torch.dtype,
     device: torch.device,
     symmetric: bool,
-    tile: int,
+    tile: int | tuple[int, int],
+    tail: tuple[int, ...] = (),
+    mirror: Callable[[torch.Tensor], torch.Tensor] | None = None,
     store: str | os.PathLike | None = None,
     key: str = "",
     progress: bool | None = None,
     description: str = "kernel",
+    memory_advice: str = _MEMORY_ADVICE,
+    nonfinite_advice: str = _NONFINITE_ADVICE,
 ) -> dict[str, torch.Tensor]:
-    """Fill (n1, n2) matrices named `names` block by block with `block_fn(rows, cols, on_diagonal)`.
+    """Fill (n1, n2, *tail) arrays named `names` block by block with `block_fn(rows, cols, on_diagonal)`.
+
+    For K(X, X) (`symmetric`) the blocks below the diagonal are `mirror(block)` of those above (default: the
+    transpose of the two example axes; an empirical NTK with output axes swaps those too), and the blocks on the
+    diagonal keep their upper triangle and its mirror image, so the result is exactly symmetric. `progress`:
+    True always shows a bar, False never, None once the run has lasted 2 s, on a terminal or in a notebook (not
+    in logs or CI), the same rule everywhere in ntkit.
 
     In memory, the outputs are allocated on `device` up front, after checking they fit. With `store`, they are
     memory-mapped .npy files in that directory (returned as CPU tensors sharing the files' memory), after checking
@@ -368,18 +406,20 @@ def run_blocks(
     overflowed its dtype raises a ValueError saying so, instead of returning non-finite entries.
     """
     itemsize = dtype.itemsize
-    out_bytes = len(names) * n1 * n2 * itemsize
+    shape = (n1, n2, *tail)
+    out_bytes = len(names) * math.prod(shape) * itemsize
     free = available_memory(device) if store is None else None
     if free is not None and out_bytes > 0.9 * free:
         raise MemoryBudgetError(
-            f"the {' and '.join(names)} matrices of shape ({n1}, {n2}) in {dtype} need "
-            f"{out_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free on {device}. "
-            "Pass store='some/dir' to compute them out of core on disk (resumable), use float32 inputs to halve "
-            "the size, request one matrix only with get='ntk' or get='nngp', or split x1 into chunks."
+            f"the {' and '.join(names)} matrices of shape {shape} in {dtype} need "
+            f"{out_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free on {device}. {memory_advice}"
         )
+    if store is not None and tail:
+        raise ValueError("store= holds (n1, n2) matrices only")
+    flip = mirror if mirror is not None else (lambda block: block.transpose(0, 1))
     todo = blocks(n1, n2, tile, symmetric)
     if store is None:
-        outputs = {name: torch.empty((n1, n2), dtype=dtype, device=device) for name in names}
+        outputs = {name: torch.empty(shape, dtype=dtype, device=device) for name in names}
         done = np.zeros(len(todo), dtype=np.bool_)
         disk = None
     else:
@@ -389,10 +429,14 @@ def run_blocks(
     finished: list[tuple[int, np.ndarray]] = []  # written to the files, not yet flagged done
     last_commit = time.monotonic()
 
-    # progress=None lets tqdm decide: a bar on a terminal, silence in logs and CI.
-    disable = None if progress is None else not progress
     bar = tqdm(
-        total=len(todo), initial=int(done.sum()), desc=description, unit="block", disable=disable, leave=False
+        total=len(todo),
+        initial=int(done.sum()),
+        desc=description,
+        unit="block",
+        disable=None if progress is None else not progress,  # None: tqdm's rule, a bar on terminals only
+        delay=0.0 if progress else 2.0,
+        leave=False,
     )
     try:
         for index, (rows, cols) in enumerate(todo):
@@ -401,17 +445,18 @@ def run_blocks(
             on_diagonal = symmetric and rows == cols
             results = block_fn(rows, cols, on_diagonal)
             for name in names:
-                _check_finite(name, results[name], rows, cols)
+                _check_finite(name, results[name], rows, cols, nonfinite_advice)
             for name in names:
                 block = results[name]
                 if on_diagonal:
                     # Floating-point rounding need not be symmetric (BLAS, fused ops); K(X, X) must be exactly.
-                    block = torch.triu(block) + torch.triu(block, 1).T
+                    upper = torch.ones(block.shape[:2], dtype=torch.bool, device=block.device).triu_()
+                    block = torch.where(upper.view(*upper.shape, *(1,) * len(tail)), block, flip(block))
                 target = outputs[name]
                 target[rows, cols] = block.to(target.device)
                 if symmetric and not on_diagonal:
-                    # A contiguous transpose first: writing a transposed view into a strided one is 2x slower.
-                    target[cols, rows] = block.T.contiguous().to(target.device)
+                    # A contiguous copy first: writing a transposed view into a strided one is 2x slower.
+                    target[cols, rows] = flip(block).contiguous().to(target.device)
             if disk is None:
                 done[index] = True
             else:

@@ -192,5 +192,5 @@ def test_a_kernel_that_overflows_the_dtype_is_an_error_not_inf(method, dtype, sc
     x = torch.randn(5, 3, dtype=dtype).abs() * scale
     with torch.no_grad():
         assert bool(torch.isfinite(model(x)).all())
-    with pytest.raises(ValueError, match=r"empirical NTK is not finite.*overflowed.*normalise.*float64"):
+    with pytest.raises(ValueError, match=r"empirical kernel is not finite.*overflowed.*normalise.*float64"):
         empirical_ntk(model, x, method=method)

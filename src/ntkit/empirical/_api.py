@@ -49,12 +49,11 @@ def empirical_ntk(
         batch_size: examples per block; None chooses it from `memory_budget`.
         memory_budget: bytes of working memory (per-example Jacobians or layer features, their transients and
             the contraction temporaries) that the block sizes are planned for, beside the output; None means
-            `ntkit.empirical.DEFAULT_EMPIRICAL_BUDGET` (1 GiB). It sets the block size (unless batch_size is
-            given) and whether column features are cached; the output itself must fit in the device's free
-            memory. Lower it after an out-of-memory error.
-        progress: show a progress bar: True always, False never, None (the default) only once the run has
-            lasted 2 seconds, wherever it runs (terminal, notebook or log). This differs from
-            `Serial.kernel`'s progress=None, which shows a bar on terminals only.
+            `ntkit.tiling.DEFAULT_MEMORY_BUDGET` (1 GiB, the default of every kernel in ntkit). It sets the
+            block size (unless batch_size is given) and whether column features are cached; the output itself
+            must fit in the device's free memory. Lower it after an out-of-memory error.
+        progress: show a progress bar: True always, False never, None (the default) once the run has lasted
+            2 seconds, on a terminal or in a notebook: the rule of every kernel in ntkit.
 
     Returns:
         A tensor in the model's dtype on the model's device, of shape (n1, n2), (n1, n2, k) or (n1, n2, k, k).

@@ -65,7 +65,8 @@ def compute_kernel(
             the matrices are computed block by block, the whole depth recursion per block.
         store: a directory: write the matrices there as .npy files (memory-mapped, so they may exceed RAM),
             keeping finished blocks; calling again with the same directory resumes an interrupted run.
-        progress: show a progress bar (None: only on a terminal).
+        progress: show a progress bar: True always, False never, None once the run has lasted 2 seconds, on a
+            terminal or in a notebook.
 
     Returns:
         A `Kernel` whose matrices have shape (n1, n2) and x1's dtype and device (CPU tensors backed by the
