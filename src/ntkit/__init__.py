@@ -18,18 +18,30 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "mlp": ".layers",
     "Kernel": ".layers",
+    "Serial": ".layers",
+    "Dense": ".layers",
+    "LayerError": ".layers",
+    "MemoryBudgetError": ".tiling",
+    "StoreError": ".tiling",
     "empirical_ntk": ".empirical",
+    "empirical_nngp": ".empirical",
     "linearize": ".dynamics",
     "train": ".dynamics",
 }
 _SUBMODULES = ("layers", "empirical", "dynamics", "predict", "analysis", "report", "tiling")
 
 __all__ = [
+    "Dense",
     "Kernel",
+    "LayerError",
+    "MemoryBudgetError",
+    "Serial",
+    "StoreError",
     "__version__",
     "analysis",
     "dynamics",
     "empirical",
+    "empirical_nngp",
     "empirical_ntk",
     "layers",
     "linearize",
@@ -43,8 +55,9 @@ __all__ = [
 if TYPE_CHECKING:
     from . import analysis, dynamics, empirical, layers, predict, report, tiling
     from .dynamics import linearize, train
-    from .empirical import empirical_ntk
-    from .layers import Kernel, mlp
+    from .empirical import empirical_nngp, empirical_ntk
+    from .layers import Dense, Kernel, LayerError, Serial, mlp
+    from .tiling import MemoryBudgetError, StoreError
 
 
 def __getattr__(name: str) -> Any:
