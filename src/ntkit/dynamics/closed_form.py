@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .._validation import check_choice, check_int, check_real
+from . import _scalable
 from ._spectral import (
     REDUCTIONS,
     STEP_KINDS,
@@ -81,7 +82,8 @@ class MSEPredictor:
     Made by `gradient_descent_mse`; call it as `predict(t, fx_train_0, fx_test_0=None, k_test_train=None)`.
     Attributes: `eigenvalues`, `eigenvectors` (of the regularised T, round-off eigenvalues set to 0),
     `max_learning_rate` (2 N / lam_max, the discrete-step stability bound), `learning_rate`, `reduction`,
-    `steps`, `label_entries` (N).
+    `steps`, `label_entries` (N), `solver` (the route taken: "eigh", or "cholesky"/"cg" for t = inf only; then
+    the spectral attributes are None).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class MSEPredictor:
         diag_reg: float,
         reduction: str,
         steps: str,
+        solver: str = "auto",
     ) -> None:
         self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
         self.steps = check_choice(steps, "steps", STEP_KINDS)
@@ -103,6 +106,12 @@ class MSEPredictor:
         self._like = k
         self.label_entries = label_entries(self._y, self.reduction)
         self._rate = self.learning_rate / self.label_entries
+        n = k.shape[0]
+        self.solver = _scalable.choose(solver, n, k.dtype, k.device, 0, "gradient_descent_mse")
+        if self.solver != "eigh":
+            # t = inf only: kernel regression by a solve (the eigendecomposition does not fit, or was declined)
+            self.eigenvalues = self.eigenvectors = self.max_learning_rate = None
+            return
         self._spectrum = Spectrum(k, self.diag_reg, "k_train_train")
         self.eigenvalues = self._spectrum.eigenvalues
         self.eigenvectors = self._spectrum.eigenvectors
@@ -133,6 +142,15 @@ class MSEPredictor:
         f0 = check_outputs(fx_train_0, n, outputs, self._y_was_1d, "fx_train_0", like)
         k_cross, f0_test = check_test_inputs(k_test_train, fx_test_0, n, outputs, self._y_was_1d, like)
 
+        if self.solver != "eigh":
+            _scalable.require_infinite(times, self.solver)
+            coef = _scalable.solve(like, self._y - f0, self.diag_reg, self.solver)
+            # t = inf on the training points: the (regularised, positive-definite) dynamics reach y exactly
+            train = self._shape(self._y.clone().expand(times.numel(), *self._y.shape), scalar)
+            if k_cross is None:
+                return train
+            test = f0_test + k_cross @ coef
+            return train, self._shape(test.expand(times.numel(), *test.shape), scalar)
         g, h = self._spectrum.decay(times, self._rate, self.steps == "discrete")
         v = self.eigenvectors
         residual = v.T @ (f0 - self._y)  # (n, k) in the eigenbasis
@@ -167,6 +185,7 @@ def gradient_descent_mse(
     diag_reg: float = 0.0,
     reduction: str = "mean",
     steps: str = "continuous",
+    solver: str = "auto",
 ) -> MSEPredictor:
     """Closed-form outputs of squared-loss gradient descent with NTK `k_train_train` (Lee et al. 2019, eq. 9).
 
@@ -182,6 +201,9 @@ def gradient_descent_mse(
         diag_reg: adds diag_reg * trace(T) / n to T's diagonal; use it for singular kernels (duplicates).
         reduction: "mean" (loss 1/(2N) sum of squares over N = y.numel() entries) or "sum" (1/2 sum).
         steps: "continuous" (gradient flow, exp(-eta T t / N)) or "discrete" ((I - eta T / N)**t).
+        solver: "auto" (the eigendecomposition when it fits in memory, else t = inf only, by Cholesky or
+            preconditioned CG from `ntkit.linalg`), "eigh", "cholesky" or "cg"; the route taken is the
+            predictor's `solver` attribute. Without "eigh", only t = inf (kernel regression) can be predicted.
 
     Returns:
         An `MSEPredictor`: `predict(t, fx_train_0, fx_test_0=None, k_test_train=None)`.
@@ -197,4 +219,5 @@ def gradient_descent_mse(
         diag_reg=diag_reg,
         reduction=reduction,
         steps=steps,
+        solver=solver,
     )

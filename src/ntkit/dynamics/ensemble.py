@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import linalg
 from .._validation import as_float_tensor, check_choice, check_pair, check_real
+from . import _scalable
 from ._spectral import (
     REDUCTIONS,
     STEP_KINDS,
@@ -69,6 +71,8 @@ class EnsemblePrediction:
 
     nngp: Gaussian | None = None
     ntk: Gaussian | None = None
+    solver: str | None = None
+    """The route taken: "eigh" (the eigendecomposition), or "cholesky" / "cg" (t = inf by ntkit.linalg)."""
 
 
 def _requested(get: str | Sequence[str]) -> tuple[str, ...]:
@@ -78,6 +82,12 @@ def _requested(get: str | Sequence[str]) -> tuple[str, ...]:
     for name in names:
         check_choice(name, "get", KINDS)
     return tuple(dict.fromkeys(names))
+
+
+def _kernel(arch: Any, x1: Any, x2: Any, get: Any, memory_budget: int | None) -> Any:
+    """arch.kernel(x1, x2, get=...), passing memory_budget only when one is set (any `.kernel` works)."""
+    extra = {} if memory_budget is None else {"memory_budget": memory_budget}
+    return arch.kernel(x1, x2, get=get, **extra)
 
 
 def _kernel_part(kernel: Any, kind: str, name: str) -> Any:
@@ -177,6 +187,8 @@ class EnsemblePredictor:
         diag_reg: float,
         reduction: str,
         steps: str,
+        solver: str = "auto",
+        memory_budget: int | None = None,
     ) -> None:
         if not callable(getattr(arch, "kernel", None)):
             raise TypeError(
@@ -190,7 +202,23 @@ class EnsemblePredictor:
         self.arch = arch
         self.x_train = as_float_tensor(x_train, "x_train")
         y, y_was_1d = check_labels(y_train, self.x_train.shape[0], "y_train", like=self.x_train)
-        self.kernel_train_train = arch.kernel(self.x_train, None, get=KINDS)
+        self.memory_budget = memory_budget
+        n, x = self.x_train.shape[0], self.x_train
+        self.solver = _scalable.choose(solver, n, x.dtype, x.device, 2, "gradient_descent_mse_ensemble")
+        self.diag_reg = diag_reg
+        if self.solver != "eigh":
+            self._y, self._y_was_1d = y, y_was_1d
+            if linalg.dense_fits(n, x.dtype, x.device, 2.5):
+                self.kernel_train_train = _kernel(arch, x, None, KINDS, memory_budget)
+                self._ops = {kind: getattr(self.kernel_train_train, kind) for kind in KINDS}
+            else:  # not even the kernels fit: operators computing blocks on the fly
+                self.kernel_train_train = None
+                self._ops = {
+                    kind: linalg.ArchKernel(arch, x, get=kind, memory_budget=memory_budget) for kind in KINDS
+                }
+            self._core = None
+            return
+        self.kernel_train_train = _kernel(arch, self.x_train, None, KINDS, memory_budget)
         k_train = check_train_kernel(self.kernel_train_train.nngp, "the training NNGP kernel")
         t_train = check_train_kernel(self.kernel_train_train.ntk, "the training NTK")
         self._core = _EnsembleCore(
@@ -217,6 +245,8 @@ class EnsemblePredictor:
         kinds = _requested(get)
         if not isinstance(compute_cov, bool):
             raise TypeError(f"compute_cov must be a bool, got {type(compute_cov).__name__}")
+        if core is None:
+            return self._solve_route(t, x_test, kinds, compute_cov)
         times, scalar = as_times(t, "t", discrete=core.steps == "discrete", like=core.k_train)
         if x_test is None:
             cross_nngp, cross_ntk = core.k_train, core.t_train
@@ -233,7 +263,46 @@ class EnsemblePredictor:
         for kind in kinds:
             cross_train = cross_nngp if kind == "nngp" else cross_ntk
             out[kind] = core.moments(kind, times, scalar, cross_train, cross_nngp, k_test_test)
-        return EnsemblePrediction(**out)
+        return EnsemblePrediction(**out, solver="eigh")
+
+    def _solve_route(
+        self, t: Any, x_test: Any, kinds: tuple[str, ...], compute_cov: bool
+    ) -> EnsemblePrediction:
+        """t = inf by kernel solves (ntkit.linalg), for training kernels whose eigendecomposition does not fit."""
+        like = self.x_train
+        times, scalar = as_times(t, "t", discrete=False, like=like)
+        _scalable.require_infinite(times, self.solver)
+        if x_test is None:
+            if compute_cov:
+                raise ValueError(
+                    "compute_cov=True on the training points needs an n x n covariance, which does not fit here; "
+                    "pass x_test"
+                )
+            x_test = self.x_train
+        x_test = as_float_tensor(x_test, "x_test", like=like)
+        check_pair(x_test, self.x_train, "x_test", "x_train")
+        needed = tuple(kind for kind in KINDS if kind in kinds or (kind == "nngp" and compute_cov))
+        cross = _kernel(self.arch, x_test, self.x_train, needed, self.memory_budget)
+        k_test_test = (
+            _kernel(self.arch, x_test, None, "nngp", self.memory_budget).nngp if compute_cov else None
+        )
+        out = {}
+        for kind in kinds:
+            train = self._ops[kind]
+
+            def solve_train(rhs: torch.Tensor, train: Any = train) -> torch.Tensor:
+                return _scalable.solve(train, rhs, self.diag_reg, self.solver)
+
+            mean, cov = _scalable.moments(
+                solve_train, getattr(cross, kind), self._y, cross.nngp, self._ops["nngp"], k_test_test
+            )
+            if self._y_was_1d:
+                mean = mean[..., 0]
+            if not scalar:
+                mean = mean.expand(times.numel(), *mean.shape)
+                cov = None if cov is None else cov.expand(times.numel(), *cov.shape)
+            out[kind] = Gaussian(mean=mean, covariance=cov)
+        return EnsemblePrediction(**out, solver=self.solver)
 
 
 def gradient_descent_mse_ensemble(
@@ -245,6 +314,8 @@ def gradient_descent_mse_ensemble(
     diag_reg: float = 0.0,
     reduction: str = "mean",
     steps: str = "continuous",
+    solver: str = "auto",
+    memory_budget: int | None = None,
 ) -> EnsemblePredictor:
     """Mean and covariance over initialisations of infinitely wide networks trained by MSE gradient descent.
 
@@ -258,6 +329,11 @@ def gradient_descent_mse_ensemble(
         x_train: (n, d) training inputs; results take their dtype and device.
         y_train: (n,) or (n, k) labels.
         learning_rate, diag_reg, reduction, steps: as in `gradient_descent_mse`.
+        solver: "auto" (the eigendecomposition when the kernels and it fit in memory; otherwise t = inf only,
+            by Cholesky, or by preconditioned CG on kernel operators that compute blocks on the fly when not even
+            the kernels fit), "eigh", "cholesky" or "cg". The route taken: the predictor's `solver` attribute
+            and each prediction's `.solver`.
+        memory_budget: working memory of the kernel computations (see `arch.kernel`).
 
     Returns:
         An `EnsemblePredictor`: `predict(t=None, x_test=None, get=("nngp", "ntk"), compute_cov=False)`,
@@ -265,7 +341,8 @@ def gradient_descent_mse_ensemble(
     """
     return EnsemblePredictor(
         arch, x_train, y_train,
-        learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, steps=steps,
+        learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, steps=steps, solver=solver,
+        memory_budget=memory_budget,
     )  # fmt: skip
 
 
@@ -278,6 +355,7 @@ def gp_inference(
     get: str | Sequence[str] = KINDS,
     compute_cov: bool = False,
     diag_reg: float = 0.0,
+    solver: str = "auto",
 ) -> EnsemblePrediction:
     """Exact posteriors at t = inf: the NNGP posterior and the NTK-GP (the trained infinite ensemble).
 
@@ -298,6 +376,8 @@ def gp_inference(
         get: "nngp", "ntk" or both.
         compute_cov: also return the (m, m) covariance of each output.
         diag_reg: adds diag_reg * trace / n to the diagonal of the inverted training kernel.
+        solver: "auto" (the eigendecomposition when it fits in memory, else Cholesky or preconditioned CG from
+            `ntkit.linalg`), "eigh", "cholesky" or "cg"; the result's `.solver` says which was taken.
     """
     kinds = _requested(get)
     diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
@@ -345,7 +425,18 @@ def gp_inference(
             m = cross["nngp"].shape[0]
             if tuple(test_test.shape) != (m, m):
                 raise ValueError(f"k_test_test must have shape ({m}, {m}), got {tuple(test_test.shape)}")
+    route = _scalable.choose(solver, n, like.dtype, like.device, 0, "gp_inference")
     out = {}
     for kind in kinds:
-        out[kind] = core.moments(kind, times, scalar, cross[kind], cross.get("nngp"), test_test)
-    return EnsemblePrediction(**out)
+        if route == "eigh":
+            out[kind] = core.moments(kind, times, scalar, cross[kind], cross.get("nngp"), test_test)
+            continue
+
+        def solve_train(rhs: torch.Tensor, matrix: torch.Tensor = train[kind]) -> torch.Tensor:
+            return _scalable.solve(matrix, rhs, diag_reg, route)
+
+        mean, cov = _scalable.moments(
+            solve_train, cross[kind], y, cross.get("nngp"), train.get("nngp"), test_test
+        )
+        out[kind] = Gaussian(mean=mean[:, 0] if y_was_1d else mean, covariance=cov)
+    return EnsemblePrediction(**out, solver=route)
