@@ -168,7 +168,7 @@ def warn_unstable_rate(learning_rate: float, entries: int, lam_max: float, *, st
 class Spectrum:
     """Eigendecomposition of a regularised PSD training kernel, with eigenvalues at round-off level set to 0.
 
-    `diag_reg` adds diag_reg * trace(K) / n to the diagonal (DESIGN.md). Eigenvalues at or below
+    `diag_reg` adds diag_reg * trace(K) / n to the diagonal (docs/architecture.md). Eigenvalues at or below
     n * eps * lam_max (the rank cutoff of numpy.linalg.matrix_rank) are treated as exactly zero: negative ones
     are round-off of a PSD matrix and are clipped; the directions they span do not move under the dynamics.
     """

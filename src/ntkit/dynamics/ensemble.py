@@ -15,7 +15,7 @@ the outputs at time t are Gaussian with
 get="ntk" is training every layer; get="nngp" is training the last layer only, whose NTK is K itself, so T is
 replaced by K (the NNGP posterior mean and covariance at t = inf). With k outputs the outputs are independent,
 each with this covariance (it is returned once, (m, m)); the mean has y's shape. diag_reg regularises the
-kernel that is inverted and exponentiated (T(X, X), or K(X, X) for "nngp"), as in DESIGN.md.
+kernel that is inverted and exponentiated (T(X, X), or K(X, X) for "nngp"), as in docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def load_digits_split(
     """A random split of sklearn.datasets.load_digits (1797 images, shipped with scikit-learn).
 
     Pixels are centred by the training mean and each image scaled to norm sqrt(64), so that the input
-    covariance x.x'/d of DESIGN.md is 1 on the diagonal.
+    covariance x.x'/d (docs/architecture.md) is 1 on the diagonal.
     """
     from sklearn.datasets import load_digits
 
