@@ -185,9 +185,9 @@ class Context:
 
         For full-batch gradient descent on squared loss the linearized network's outputs are exactly the
         closed form with the network's own NTK at initialisation, T_0 (Lee et al. 2019, eq. 9; the formulas
-        of docs/architecture.md with discrete steps), so they are evaluated from it at the recorded steps instead of by a
-        second, Jacobian-vector-product training run (4x the cost of the network's). With several outputs this
-        uses the output-averaged T_0, whose cross-output terms vanish as the width grows.
+        of docs/architecture.md with discrete steps), so they are evaluated from it at the recorded steps
+        instead of by a second, Jacobian-vector-product training run (4x the cost of the network's). With
+        several outputs this uses the output-averaged T_0, whose cross-output terms vanish as the width grows.
         """
         from ..dynamics import gradient_descent_mse
         from ..empirical import empirical_ntk
