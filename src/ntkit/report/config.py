@@ -25,7 +25,7 @@ __all__ = [
     "resolve_config",
 ]
 
-SECTIONS = ("kernel", "training", "spectrum", "labels", "width", "features", "digits")
+SECTIONS = ("kernel", "training", "spectrum", "labels", "width", "features", "digits", "conv")
 ACTIVATIONS = ("relu", "abs", "erf", "tanh", "sigmoid", "gelu", "softplus", "identity")
 
 
@@ -80,6 +80,14 @@ DEFAULTS: dict[str, Any] = {
         "steps": 500,
         "learning_rate": "auto",
     },
+    "conv": {  # 3x3 "same" convolutions on the 8x8 digits, with the [model] activation, w_std, b_std
+        "n_train": 150,
+        "n_test": 150,
+        "depth": 2,  # convolutional layers before the global average pooling
+        "channels": 96,
+        "steps": 300,
+        "learning_rate": "auto",
+    },
 }
 
 # --quick: the same sections at smaller sizes (what the test suite runs).
@@ -94,6 +102,7 @@ QUICK: dict[str, Any] = {
         "drift_steps": 200,
     },
     "digits": {"n_train": 150, "n_test": 150, "width": 256, "steps": 200},
+    "conv": {"n_train": 60, "n_test": 60, "channels": 64, "steps": 100},
 }
 
 _CHOICES = {
@@ -121,9 +130,14 @@ _POSITIVE_INTS = (
     "digits.depth",
     "digits.width",
     "digits.steps",
+    "conv.n_train",
+    "conv.n_test",
+    "conv.depth",
+    "conv.channels",
+    "conv.steps",
 )
 _NON_NEGATIVE_REALS = ("data.noise", "model.w_std", "model.b_std", "labels.diag_reg")
-_LEARNING_RATES = ("training.learning_rate", "digits.learning_rate")
+_LEARNING_RATES = ("training.learning_rate", "digits.learning_rate", "conv.learning_rate")
 _DIGITS_IMAGES = 1797  # sklearn.datasets.load_digits
 _WIDTH_LISTS = ("width.widths", "width.drift_widths")
 
@@ -187,12 +201,13 @@ def _validate(config: dict[str, Any], base_dir: Path) -> None:
             raise ConfigError(f"config: '{key}' must be a non-empty list of positive integers, got {value!r}")
         if len(value) < 2:
             raise ConfigError(f"config: '{key}' needs at least two widths to fit a slope, got {value!r}")
-    digits = config["digits"]
-    if digits["n_train"] + digits["n_test"] > _DIGITS_IMAGES:
-        raise ConfigError(
-            f"config: 'digits.n_train' + 'digits.n_test' = {digits['n_train'] + digits['n_test']} exceeds "
-            f"the {_DIGITS_IMAGES} images of sklearn's digits"
-        )
+    for name in ("digits", "conv"):
+        split = config[name]
+        if split["n_train"] + split["n_test"] > _DIGITS_IMAGES:
+            raise ConfigError(
+                f"config: '{name}.n_train' + '{name}.n_test' = {split['n_train'] + split['n_test']} exceeds "
+                f"the {_DIGITS_IMAGES} images of sklearn's digits"
+            )
     sections = config["sections"]
     if not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
         raise ConfigError(f"config: 'sections' must be a list of section names, got {sections!r}")
