@@ -106,7 +106,19 @@ def _theory_predictions_hold_in_metrics(quick_report):
     assert digits["agreement_network_closed_form"] > 0.9
     assert digits["test_accuracy_kernel_regression"] > 0.85
     assert metrics["sections"]["features"]["max_feature_error_autograd_vs_closed_form"] < 1e-4
-    for name in ("kernel error slope", "random labels: larger bound", "wide network follows the theory"):
+    conv = metrics["sections"]["conv"]
+    # the --quick CNN (64 channels, 100 steps) follows its CNTK-GAP closed form; the image kernels learn
+    assert conv["agreement_network_closed_form"] > 0.7
+    assert conv["output_gap_relative_to_closed_form"] < 0.5
+    assert min(conv["test_accuracy_kernel_regression"].values()) > 0.7
+    assert conv["eigenvalue_ratio_1_to_10"]["CNTK-GAP"] > conv["eigenvalue_ratio_1_to_10"]["FC NTK"]
+    for name in (
+        "kernel error slope",
+        "random labels: larger bound",
+        "wide network follows the theory",
+        "conv: CNN agrees with its CNTK",
+        "conv: image kernels learn the digits",
+    ):
         assert _check(metrics, name)["passed"], _check(metrics, name)
 
 
