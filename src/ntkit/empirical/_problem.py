@@ -94,6 +94,25 @@ def _as_input(value: Any, name: str, dtype: torch.dtype, device: torch.device) -
     return value.detach()
 
 
+def as_inputs(
+    x1: Any, x2: Any, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x1 and x2 (or None) as inputs of one kind: the same shape after the example axis, both floating or both
+    integer."""
+    x1 = _as_input(x1, "x1", dtype, device)
+    if x2 is None:
+        return x1, None
+    x2 = _as_input(x2, "x2", dtype, device)
+    if x2.shape[1:] != x1.shape[1:]:
+        raise ValueError(
+            f"x1 and x2 must have the same shape after the example axis, got x1.shape={tuple(x1.shape)} "
+            f"and x2.shape={tuple(x2.shape)}"
+        )
+    if x2.is_floating_point() != x1.is_floating_point():
+        raise TypeError(f"x1 and x2 must both be floating or both integer, got {x1.dtype} and {x2.dtype}")
+    return x1, x2
+
+
 def _select_params(model: nn.Module, params: Any) -> dict[str, torch.Tensor]:
     """Canonical name -> parameter for the parameters the NTK sums over."""
     canonical = dict(model.named_parameters())
@@ -174,16 +193,7 @@ def make_problem(
         )
     dtype = floating.pop()
     device = next(iter(selected.values())).device
-    x1 = _as_input(x1, "x1", dtype, device)
-    if x2 is not None:
-        x2 = _as_input(x2, "x2", dtype, device)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ValueError(
-                f"x1 and x2 must have the same shape after the example axis, got x1.shape={tuple(x1.shape)} "
-                f"and x2.shape={tuple(x2.shape)}"
-            )
-        if x2.is_floating_point() != x1.is_floating_point():
-            raise TypeError(f"x1 and x2 must both be floating or both integer, got {x1.dtype} and {x2.dtype}")
+    x1, x2 = as_inputs(x1, x2, dtype, device)
     _checks.check_modes(model)
     k = _checks.probe(
         model, _checks.spread_rows(x1, x2, _checks.PROBE_BATCH), "x1" if x2 is None else "x1/x2", selected

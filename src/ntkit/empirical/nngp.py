@@ -19,7 +19,7 @@ from torch import nn
 
 from .._validation import check_choice, check_int
 from . import _checks
-from ._problem import OUTPUTS, _as_input
+from ._problem import OUTPUTS, as_inputs
 
 
 def empirical_nngp(
@@ -55,14 +55,7 @@ def empirical_nngp(
     floating = [t for t in tensors if t.is_floating_point()]
     dtype = floating[0].dtype if floating else torch.get_default_dtype()
     device = tensors[0].device if tensors else torch.device("cpu")
-    x1 = _as_input(x1, "x1", dtype, device)
-    if x2 is not None:
-        x2 = _as_input(x2, "x2", dtype, device)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ValueError(
-                f"x1 and x2 must have the same shape after the example axis, got x1.shape={tuple(x1.shape)} "
-                f"and x2.shape={tuple(x2.shape)}"
-            )
+    x1, x2 = as_inputs(x1, x2, dtype, device)
     _checks.check_modes(model)
     _checks.probe(model, _checks.spread_rows(x1, x2, _checks.PROBE_BATCH), "x1" if x2 is None else "x1/x2")
     f1 = _outputs(model, x1, batch_size)

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validation import check_choice, check_int, check_real
+from .._validation import check_choice, check_int
 from .base import KernelState, Layer, LayerError, Shape
-from .dense import PARAMETRIZATIONS
+from .dense import _set_affine
 
 PADDINGS = ("same", "valid", "circular")
 
@@ -232,12 +232,7 @@ class Conv(Layer):
         self.kernel_size = _tuple(kernel_size, "kernel_size")
         self.stride = _tuple(stride, "stride")
         self.padding = check_choice(padding, "padding", PADDINGS)
-        self.w_std = check_real(w_std, "w_std", minimum=0.0)
-        self.b_std = None if b_std is None else check_real(b_std, "b_std", minimum=0.0)
-        self.parametrization = check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
-        if not isinstance(trainable, bool):
-            raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}")
-        self.trainable = trainable
+        _set_affine(self, w_std, b_std, parametrization, trainable)
 
     def __repr__(self) -> str:
         size = self.kernel_size[0] if len(self.kernel_size) == 1 else self.kernel_size

@@ -97,12 +97,7 @@ class Dense(Layer):
         trainable: bool = True,
     ) -> None:
         self.width = check_int(width, "width", minimum=1)
-        self.w_std = check_real(w_std, "w_std", minimum=0.0)
-        self.b_std = None if b_std is None else check_real(b_std, "b_std", minimum=0.0)
-        self.parametrization = check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
-        if not isinstance(trainable, bool):
-            raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}")
-        self.trainable = trainable
+        _set_affine(self, w_std, b_std, parametrization, trainable)
 
     def __repr__(self) -> str:
         return (
@@ -154,6 +149,18 @@ class Dense(Layer):
                     layer.bias.normal_(0.0, self.b_std, generator=generator)
         layer.requires_grad_(self.trainable)
         return layer
+
+
+def _set_affine(
+    layer: Layer, w_std: float, b_std: float | None, parametrization: str, trainable: bool
+) -> None:
+    """Validate and set the parameters that every affine layer (Dense, Conv) shares."""
+    layer.w_std = check_real(w_std, "w_std", minimum=0.0)
+    layer.b_std = None if b_std is None else check_real(b_std, "b_std", minimum=0.0)
+    layer.parametrization = check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
+    if not isinstance(trainable, bool):
+        raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}")
+    layer.trainable = trainable
 
 
 def _cross(
