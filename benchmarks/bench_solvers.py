@@ -1,0 +1,88 @@
+"""Kernel regression solvers: time, accuracy against the dense route, and peak memory.
+
+For an NTK of mlp(2, 512, b_std=0.1) on n standard-normal inputs in 8 dimensions with 1 output, diag_reg:
+  dense      torch.linalg.solve on the dense kernel (the reference; only while it fits)
+  cholesky   ntkit.linalg.solve(method="cholesky")
+  cg         preconditioned CG on an ArchKernel operator (blocks cached while they fit, else recomputed)
+  nystrom    FALKON-style Nystrom regression with --centers centres (memory O(n M))
+  krr        scikit-learn KernelRidge(kernel="precomputed") on the same dense kernel
+Printed: seconds (kernel + solve), the relative error of the test predictions against the dense route, and
+the process's peak resident memory after each route (ru_maxrss; routes run in order, so it only grows).
+
+Run:  python3 benchmarks/bench_solvers.py [--n 4000] [--centers 1000] [--only cg,nystrom] [--diag-reg 1e-4]
+Large n without the dense reference: --only cg  or  --only nystrom  (e.g. --n 100000 --centers 5000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+import ntkit
+from ntkit import linalg
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--centers", type=int, default=1000)
+    parser.add_argument("--diag-reg", type=float, default=1e-4)
+    parser.add_argument("--only", default="dense,cholesky,cg,nystrom,krr")
+    args = parser.parse_args()
+    routes = args.only.split(",")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.n, 8, generator=g, dtype=torch.float64)
+    xt = torch.randn(args.test, 8, generator=g, dtype=torch.float64)
+    y = torch.sin(x[:, :1] * 2) + 0.1 * torch.randn(args.n, 1, generator=g, dtype=torch.float64)
+    arch = ntkit.mlp(2, 512, b_std=0.1)
+    print(f"n={args.n} test={args.test} diag_reg={args.diag_reg} threads={torch.get_num_threads()}")
+    print(f"{'route':10s} {'seconds':>9s} {'rel. error':>11s} {'iters':>6s} {'peak GiB':>9s}")
+    ref = None
+    k = None
+
+    def report(name: str, seconds: float, pred: torch.Tensor, iters: int = 0) -> None:
+        err = float("nan") if ref is None else float(torch.linalg.norm(pred - ref) / torch.linalg.norm(ref))
+        print(f"{name:10s} {seconds:9.2f} {err:11.2e} {iters:6d} {peak_gib():9.2f}", flush=True)
+
+    cross = arch.kernel(xt, x, get="ntk").ntk
+    if "dense" in routes:
+        start = time.perf_counter()
+        k = arch.kernel(x, get="ntk").ntk
+        shift = args.diag_reg * float(k.diagonal().mean())
+        ref = cross @ torch.linalg.solve(k + shift * torch.eye(args.n, dtype=k.dtype), y)
+        report("dense", time.perf_counter() - start, ref)
+    if "cholesky" in routes:
+        start = time.perf_counter()
+        sol = linalg.solve(linalg.ArchKernel(arch, x), y, diag_reg=args.diag_reg, method="cholesky")
+        report("cholesky", time.perf_counter() - start, sol.predict(cross))
+    if "cg" in routes:
+        start = time.perf_counter()
+        sol = linalg.solve(linalg.ArchKernel(arch, x), y, diag_reg=args.diag_reg, method="cg", progress=True)
+        report("cg", time.perf_counter() - start, sol.predict(cross), sol.iterations)
+    if "nystrom" in routes:
+        start = time.perf_counter()
+        op = linalg.ArchKernel(arch, x, cache=False)
+        sol = linalg.solve(
+            op, y, diag_reg=args.diag_reg, method="nystrom", n_centers=args.centers, progress=True
+        )
+        report(f"nystrom{args.centers}", time.perf_counter() - start, sol.predict(cross), sol.iterations)
+    if "krr" in routes:
+        from sklearn.kernel_ridge import KernelRidge
+
+        start = time.perf_counter()
+        kk = arch.kernel(x, get="ntk").ntk if k is None else k
+        shift = args.diag_reg * float(kk.diagonal().mean())
+        krr = KernelRidge(alpha=shift, kernel="precomputed").fit(kk.numpy(), y.numpy())
+        report("krr", time.perf_counter() - start, torch.from_numpy(krr.predict(cross.numpy())))
+
+
+if __name__ == "__main__":
+    main()
