@@ -1,4 +1,4 @@
-"""The `ntkit` command: `ntkit demo` and `ntkit report`."""
+"""The `ntkit` command: `ntkit demo`, `ntkit report` and `ntkit reproduce`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ _COMMANDS = {
     "report": (
         "ntkit.report._cli",
         "the NTK theory end to end on real training, as an HTML report with figures",
+    ),
+    "reproduce": (
+        "ntkit.reproduce._cli",
+        "published NTK experiments, one command each, checked against the papers (--list names them)",
     ),
 }
 
