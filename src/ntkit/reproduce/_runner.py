@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "jacot2018-fig1": "jacot2018_fig1",
     "jacot2018-fig2": "jacot2018_fig2",
     "jacot2018-fig3": "jacot2018_fig3",
+    "lee2019-linearized": "lee2019_linearized",
 }
 
 
