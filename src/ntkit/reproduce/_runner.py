@@ -25,6 +25,7 @@ EXPERIMENTS = {
     "jacot2018-fig3": "jacot2018_fig3",
     "lee2019-linearized": "lee2019_linearized",
     "arora2019-random-labels": "arora2019_random_labels",
+    "eoc-concentration": "eoc_concentration",
 }
 
 
