@@ -11,7 +11,7 @@ import torch
 from scipy import integrate
 from scipy.special import roots_hermitenorm
 
-from ntkit.layers import _quadrature
+from ntkit.layers import QuadratureAccuracyWarning, _quadrature
 from ntkit.layers.activations import (
     GELU,
     Abs,
@@ -549,12 +549,121 @@ def test_quadrature_chunks_stay_within_the_memory_bound():
         return torch.tanh(x), 1 - torch.tanh(x) ** 2
 
     s12, s11, s22 = _grid()
-    budget = 2**20
-    value, dot = _quadrature.bivariate_expectations(
-        recording, s12.clone(), s11, s22, order=48, chunk_bytes=budget
-    )
-    # each argument array is one of the ~8 (order x order) arrays per entry that the bound accounts for
+    budget = 4 * 2**20
+    value, dot = _quadrature.bivariate_expectations(recording, s12.clone(), s11, s22, chunk_bytes=budget)
+    # each argument array is one of the ~8 (outer x inner) arrays per entry that the bound accounts for
     assert max(largest) <= budget / 8 and len(largest) > 2
-    ref_value, ref_dot = Tanh(order=48).kernel_map(s12.clone(), s11, s22)
+    # the same rule in one chunk (the default 16 MB holds the whole grid)
+    ref_value, ref_dot = Tanh().kernel_map(s12.clone(), s11, s22)
     torch.testing.assert_close(value, ref_value, rtol=1e-14, atol=1e-16)
     torch.testing.assert_close(dot, ref_dot, rtol=1e-14, atol=1e-16)
+
+
+# --- accuracy at any variance (issue 9, section 1) -----------------------------------------------------------
+_VARIANCES = [1e-4, 1e-2, 0.09, 0.3, 1.0, 10.0, 100.0, 1e3, 1e4]
+_RHOS = [0.0, 0.3, -0.6, 0.95, -0.99, 0.9999, 1.0 - 1e-7, 1.0, -1.0]
+
+
+@pytest.mark.parametrize("variance", _VARIANCES)
+def test_elementwise_erf_matches_the_closed_form_at_any_variance(variance, recwarn):
+    # The quadrature rule (no knowledge of erf) against Williams' closed form, relative to the entries' scale,
+    # at the documented tolerance 1e-7, with unequal variances and correlations up to +-1.
+    s11 = torch.tensor([[variance], [1.7 * variance]], dtype=torch.float64)
+    s22 = torch.tensor([[0.6 * variance, variance]], dtype=torch.float64)
+    rho = torch.tensor(_RHOS, dtype=torch.float64)[:, None, None]
+    s12 = rho * torch.sqrt(s11 * s22)  # (9, 2, 2)
+    value, dot = Elementwise(torch.erf).kernel_map(s12.clone(), s11, s22)
+    ref_value, ref_dot = Erf().kernel_map(s12.clone(), s11, s22)
+    vs = torch.sqrt(Erf().diag_map(s11) * Erf().diag_map(s22))
+    ds = torch.sqrt(Erf().kernel_map(s11.clone(), s11, s11)[1] * Erf().kernel_map(s22.clone(), s22, s22)[1])
+    assert float(((value - ref_value).abs() / vs).max()) < 1e-7
+    assert float(((dot - ref_dot).abs() / ds).max()) < 1e-7
+    assert not [w for w in recwarn if issubclass(w.category, QuadratureAccuracyWarning)]
+
+
+def _gauss_quad(f, variance, mean=0.0):
+    """E[f(mean + sqrt(variance) z)] by scipy's adaptive quadrature in x, with 0 (where activations bend) and the
+    Gaussian's centre as break points."""
+    sd = math.sqrt(variance)
+    if sd == 0.0:
+        return f(mean)
+    lo, hi = mean - 10 * sd, mean + 10 * sd
+    points = sorted({p for p in (0.0, mean) if lo < p < hi})
+    return integrate.quad(
+        lambda x: f(x) * math.exp(-0.5 * ((x - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)),
+        lo,
+        hi,
+        points=points,
+        epsabs=1e-13,
+        epsrel=1e-11,
+        limit=500,
+    )[0]
+
+
+_SMOOTH = {
+    "tanh": (Tanh(), math.tanh, lambda x: 1.0 - math.tanh(x) ** 2),
+    "sigmoid": (
+        Sigmoid(),
+        lambda x: 0.5 * (1.0 + math.tanh(0.5 * x)),
+        lambda x: 0.25 * (1.0 - math.tanh(0.5 * x) ** 2),
+    ),
+    "softplus": (
+        Softplus(),
+        lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x))),
+        lambda x: 0.5 * (1.0 + math.tanh(0.5 * x)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_SMOOTH))
+@pytest.mark.parametrize("variance", [1e-4, 1.0, 100.0, 1e4])
+def test_quadrature_second_moments_at_any_variance_against_scipy(name, variance):
+    # rho = 1: E[phi(u)^2] and E[phi'(u)^2]. Tanh at variance 100 had E[phi'^2] wrong by 89% with the fixed
+    # Gauss-Hermite rule; the adaptive rule is good to 1e-7 relative.
+    act, f, df = _SMOOTH[name]
+    s = torch.full((1, 1), variance, dtype=torch.float64)
+    value, dot = act.kernel_map(s.clone(), s, s)
+    assert float(value) == pytest.approx(_gauss_quad(lambda x: f(x) ** 2, variance), rel=1e-7)
+    assert float(dot) == pytest.approx(_gauss_quad(lambda x: df(x) ** 2, variance), rel=1e-7)
+
+
+@pytest.mark.parametrize(("s11", "s22", "rho"), [(100.0, 60.0, 0.5), (1e3, 1e3, -0.9), (50.0, 80.0, 0.995)])
+def test_tanh_bivariate_at_large_variance_against_nested_scipy(s11, s22, rho):
+    # E[f(u) f(v)] = E_u[f(u) E[f(v) | u]], v | u ~ N(rho sqrt(s22 / s11) u, s22 (1 - rho^2)), both by scipy.quad.
+    act, f, df = _SMOOTH["tanh"]
+    slope, cond = rho * math.sqrt(s22 / s11), s22 * (1 - rho * rho)
+    ref = _gauss_quad(lambda x: f(x) * _gauss_quad(f, cond, slope * x), s11)
+    ref_dot = _gauss_quad(lambda x: df(x) * _gauss_quad(df, cond, slope * x), s11)
+    t11 = torch.tensor([[s11]], dtype=torch.float64)
+    t22 = torch.tensor([[s22]], dtype=torch.float64)
+    value, dot = act.kernel_map(torch.tensor([[rho * math.sqrt(s11 * s22)]], dtype=torch.float64), t11, t22)
+    vs, ds = _scale(act, t11, t22)
+    assert abs(float(value) - ref) <= 1e-7 * float(vs)
+    assert abs(float(dot) - ref_dot) <= 1e-7 * float(ds)
+
+
+def test_oscillating_function_warns_when_the_tolerance_cannot_be_met():
+    # sin at variance 0.5: E[sin u sin v] = exp(-(s11 + s22) / 2) sinh(s12), E[cos u cos v] the same with cosh.
+    s11 = torch.tensor([[0.5]], dtype=torch.float64)
+    s22 = torch.tensor([[0.4]], dtype=torch.float64)
+    s12 = torch.tensor([[0.3]], dtype=torch.float64)
+    sin = Elementwise(torch.sin, torch.cos)
+    value, dot = sin.kernel_map(s12.clone(), s11, s22)
+    assert float(value) == pytest.approx(math.exp(-0.45) * math.sinh(0.3), rel=1e-9)
+    assert float(dot) == pytest.approx(math.exp(-0.45) * math.cosh(0.3), rel=1e-9)
+    # At variance 1e4 sin oscillates ~60 times per standard deviation: no rule of the sizes used resolves it,
+    # and the call says so instead of returning a silently wrong number.
+    big = torch.full((1, 1), 1e4, dtype=torch.float64)
+    with pytest.warns(QuadratureAccuracyWarning, match=r"Elementwise\(fn=torch.sin"):
+        sin.kernel_map(big * 0.5, big, big)
+    # A fixed low order is checked the same way.
+    with pytest.warns(QuadratureAccuracyWarning, match="order=None"):
+        Tanh(order=8).kernel_map(torch.full((1, 1), 5.0, dtype=torch.float64), big * 0 + 10, big * 0 + 10)
+
+
+def test_tolerance_argument():
+    assert repr(Tanh(tolerance=1e-4)) == "Tanh(tolerance=0.0001)"
+    with pytest.raises(ValueError, match="tolerance must be > 0"):
+        Tanh(tolerance=0.0)
+    # A looser tolerance is a different computation for the store's fingerprint.
+    assert Tanh(tolerance=1e-4).fingerprint() != Tanh().fingerprint()

@@ -5,6 +5,7 @@ Every layer, activation and combinator follows one protocol (`Layer`, in `base`)
 infinite-width NNGP and NTK) and `build(in_shape)` (the finite network).
 """
 
+from ._quadrature import QuadratureAccuracyWarning
 from .activations import (
     GELU,
     Abs,
@@ -54,6 +55,7 @@ __all__ = [
     "NTKConv",
     "NTKLinear",
     "Parallel",
+    "QuadratureAccuracyWarning",
     "ReLU",
     "Residual",
     "Serial",

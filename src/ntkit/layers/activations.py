@@ -9,9 +9,9 @@ Closed forms: the family phi(s) = a s + b |s| (ReLU, Abs, LeakyReLU, Identity; t
 Cho & Saul 2009), erf (Williams 1997) and exact GELU (Tsuchida, Pearce, van der Heide, Roosta & Gallagher
 2021, "Avoiding kernel fixed points: computing with ELU and GELU infinite networks"; the formulas of
 neural-tangents' `stax.Gelu`). Everything else (Tanh, Sigmoid, Softplus, any `Elementwise(fn)`) by
-Gauss-Hermite quadrature over the bivariate Gaussian (see `_quadrature`).
+quadrature over the bivariate Gaussian, accurate at any variance (see `_quadrature`).
 
-Numerics (DESIGN.md): correlations are clamped to [-1, 1] and those within a few ulps of +-1 are set to
+Numerics (docs/architecture.md): correlations are clamped to [-1, 1] and those within a few ulps of +-1 are set to
 exactly +-1, so identical points give theta = 0 exactly and `diag_map` agrees with `kernel_map` on them; a
 zero variance gives correlation 0 (theta = pi / 2) and finite values; sqrt(S11 S22 - S12^2) is always formed
 as sqrt(S11) sqrt(S22) sqrt((1 - rho)(1 + rho)), never from the cancelled difference.
@@ -422,20 +422,23 @@ class GELU(Activation):
 # By quadrature
 # ------------------------------------------------------------------------------------------------------------
 class _Quadrature(Activation):
-    """Kernel maps by the `order`-point tensor Gauss-Hermite rule over the bivariate Gaussian (_quadrature).
+    """Kernel maps by quadrature over the bivariate Gaussian (`_quadrature.bivariate_expectations`).
 
-    Default orders: 96 for Tanh and Elementwise, 64 for Sigmoid and Softplus. At these the error relative
-    to sqrt(E[phi(u)^2] E[phi(v)^2]) (and the same with phi' for Sdot) is below 1e-6 for variances S11,
-    S22 <= 1.5 (Tanh: 2e-7 there, its derivative kernel is the hardest; Sigmoid and Softplus: < 1e-8 up to
-    3), and far smaller for small variances. The error grows with the variance (the integrand steepens):
-    raise `order` for larger variances or steeper functions. Cost: 2 order^2 evaluations of phi (and phi')
-    per entry; temporaries stay within ~16 MB per chunk whatever the tile size.
+    Accuracy: the error relative to sqrt(E[phi(u)^2] E[phi(v)^2]) (and the same with phi' for Sdot) is below
+    `tolerance` (default 1e-8) at every variance from 0 to 1e4 and beyond, for activations that vary on a unit
+    scale: the rule's size follows from the variances of each call (Gauss-Hermite of order 8 to 24 for standard
+    deviations up to 0.3, then a sinh-mapped composite Gauss-Legendre rule whose panels grow like log of the
+    standard deviation), each call estimates its own error on a few entries against a rule twice as fine, refines
+    where needed, and warns (`QuadratureAccuracyWarning`) when the tolerance still cannot be met. `order` fixes an
+    `order`-point Gauss-Hermite rule per dimension instead (fast, but accurate only at small variances: no
+    refinement, the check and warning remain). Cost: about
+    (points per dimension)^2 evaluations of phi and phi' per entry: 64 at variances up to 1e-3, 576 up to 0.09,
+    1600 at variances of order 1, 10^4 at 1e4; temporaries stay within ~16 MB per chunk whatever the tile size.
     """
 
-    default_order: int = 96
-
-    def __init__(self, order: int | None = None) -> None:
-        self.order = self.default_order if order is None else check_int(order, "order", minimum=2)
+    def __init__(self, order: int | None = None, tolerance: float = _quadrature.DEFAULT_TOLERANCE) -> None:
+        self.order = None if order is None else check_int(order, "order", minimum=2)
+        self.tolerance = check_real(tolerance, "tolerance", minimum=0.0, strict=True)
 
     def _value_and_derivative(
         self, x: torch.Tensor, need_dot: bool
@@ -446,7 +449,14 @@ class _Quadrature(Activation):
         self, s12: torch.Tensor, s11: torch.Tensor, s22: torch.Tensor, *, need_dot: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return _quadrature.bivariate_expectations(
-            self._value_and_derivative, s12, s11, s22, order=self.order, need_dot=need_dot
+            self._value_and_derivative,
+            s12,
+            s11,
+            s22,
+            order=self.order,
+            need_dot=need_dot,
+            tolerance=self.tolerance,
+            name=repr(self),
         )
 
     def _moments(self, variance: float) -> tuple[float, float]:
@@ -456,17 +466,20 @@ class _Quadrature(Activation):
         return value, slope
 
     def _config(self) -> tuple:
-        return (self.order,)
+        return (self.order, self.tolerance)
 
     def _order_repr(self) -> str:
-        return "" if self.order == self.default_order else f"order={self.order}"
+        parts = [] if self.order is None else [f"order={self.order}"]
+        if self.tolerance != _quadrature.DEFAULT_TOLERANCE:
+            parts.append(f"tolerance={self.tolerance!r}")
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._order_repr()})"
 
 
 class Tanh(_Quadrature):
-    """phi(s) = tanh(s); kernels by Gauss-Hermite quadrature (no closed form is known)."""
+    """phi(s) = tanh(s); kernels by quadrature (no closed form is known)."""
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
@@ -487,9 +500,7 @@ class Tanh(_Quadrature):
 
 
 class Sigmoid(_Quadrature):
-    """phi(s) = 1 / (1 + exp(-s)); kernels by Gauss-Hermite quadrature."""
-
-    default_order = 64
+    """phi(s) = 1 / (1 + exp(-s)); kernels by quadrature."""
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
@@ -506,9 +517,7 @@ class Sigmoid(_Quadrature):
 
 
 class Softplus(_Quadrature):
-    """phi(s) = log(1 + exp(s)); kernels by Gauss-Hermite quadrature. phi' is the logistic sigmoid."""
-
-    default_order = 64
+    """phi(s) = log(1 + exp(s)); kernels by quadrature. phi' is the logistic sigmoid."""
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return F.softplus(x)
@@ -518,7 +527,7 @@ class Softplus(_Quadrature):
 
 
 class Elementwise(_Quadrature):
-    """Any elementwise torch function `fn`; kernels by Gauss-Hermite quadrature.
+    """Any elementwise torch function `fn`; kernels by quadrature.
 
     `derivative` is phi' (a torch callable); when None it comes from autograd, which is exact for elementwise
     functions. `fn` must map a tensor to a tensor of the same shape, elementwise, with torch operations.
@@ -529,8 +538,9 @@ class Elementwise(_Quadrature):
         fn: Callable[[torch.Tensor], torch.Tensor],
         derivative: Callable[[torch.Tensor], torch.Tensor] | None = None,
         order: int | None = None,
+        tolerance: float = _quadrature.DEFAULT_TOLERANCE,
     ) -> None:
-        super().__init__(order)
+        super().__init__(order, tolerance)
         _check_elementwise(fn, "fn")
         if derivative is not None:
             _check_elementwise(derivative, "derivative")
@@ -556,7 +566,7 @@ class Elementwise(_Quadrature):
         return self._fn(x), (self._derivative(x) if need_dot else None)
 
     def _config(self) -> tuple:
-        return (self.order, self._fn, self._derivative)
+        return (self.order, self.tolerance, self._fn, self._derivative)
 
     def __repr__(self) -> str:
         parts = [f"fn={_callable_name(self._fn)}"]
