@@ -13,7 +13,7 @@ def test_list_names_every_experiment_with_its_source(capsys):
     out = capsys.readouterr().out
     for name in EXPERIMENTS:
         assert f"{name}\n" in out
-    assert out.count("source: ") == len(EXPERIMENTS) >= 3
+    assert out.count("source: ") == len(EXPERIMENTS) == 7
 
 
 def test_unknown_name_and_missing_name_are_one_line_errors(capsys):

@@ -26,6 +26,7 @@ EXPERIMENTS = {
     "lee2019-linearized": "lee2019_linearized",
     "arora2019-random-labels": "arora2019_random_labels",
     "eoc-concentration": "eoc_concentration",
+    "chizat2019-lazy": "chizat2019_lazy",
 }
 
 
