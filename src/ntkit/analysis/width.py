@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .._validation import as_float_tensor, check_choice, check_int, check_real
 
 if TYPE_CHECKING:  # imported for the annotation only: ntkit.dynamics imports nothing from here
-    from ..dynamics.train import TrainingResult
+    from ..dynamics.training import TrainingResult
 
 __all__ = ["KernelDrift", "WidthStudy", "fit_power_law", "kernel_drift", "width_study"]
 

@@ -10,7 +10,7 @@ from .ensemble import (
 )
 from .linearize import LinearizedModel, linearize
 from .ode import ODEPredictor, gradient_descent
-from .train import TrainingResult, train
+from .training import TrainingResult, train
 
 __all__ = [
     "EnsemblePrediction",

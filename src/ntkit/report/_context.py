@@ -140,7 +140,7 @@ class Context:
         first, then every 2nd, 4th, ... step, so log-time figures see the fast early directions and the slow
         late ones at the cost of a few hundred records instead of one per step.
         """
-        from ..dynamics.train import train
+        from ..dynamics.training import train
 
         network = copy.deepcopy(model)
         steps, done = self.steps, 0

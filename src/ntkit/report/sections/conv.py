@@ -63,7 +63,7 @@ def _regression(kernels: tuple[torch.Tensor, torch.Tensor], y_train: torch.Tenso
 
 
 def run(ctx: Context, figures: Path) -> SectionResult:
-    from ...dynamics.train import train
+    from ...dynamics.training import train
     from ...predict import gradient_descent_mse, max_learning_rate
 
     settings = ctx.config["conv"]

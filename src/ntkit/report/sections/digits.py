@@ -23,7 +23,7 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(ctx: Context, figures: Path) -> SectionResult:
-    from ...dynamics.train import train
+    from ...dynamics.training import train
     from ...predict import gradient_descent_mse, max_learning_rate
 
     settings = ctx.config["digits"]
