@@ -26,7 +26,7 @@ from .base import KernelState, Layer, LayerError
 from .combinators import FanInConcat, FanInSum, FanOut, Parallel, Residual, Serial, mlp
 from .conv import Conv, NTKConv
 from .dense import Dense, NTKLinear
-from .kernel import Kernel
+from .kernel import Kernel, KernelUnderflowWarning
 from .norm import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 
@@ -48,6 +48,7 @@ __all__ = [
     "Identity",
     "Kernel",
     "KernelState",
+    "KernelUnderflowWarning",
     "Layer",
     "LayerError",
     "LayerNorm",

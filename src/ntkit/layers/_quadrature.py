@@ -239,6 +239,27 @@ def _chunked(
     return value, dot
 
 
+def _check_finite_result(
+    value: torch.Tensor, dot: torch.Tensor | None, sa: torch.Tensor, s_in: torch.Tensor, name: str
+) -> None:
+    """Refuse NaN or inf produced by the function itself (the inputs were finite): name it and say why."""
+    total = value.sum() if dot is None else value.sum() + dot.sum()
+    if bool(torch.isfinite(total)):  # one pass: inf and NaN propagate through a sum
+        return
+    if not (bool(torch.isfinite(sa).all()) and bool(torch.isfinite(s_in).all())):
+        return  # non-finite variances came from below; the kernel's block check reports them
+    bad = ~torch.isfinite(value) if dot is None else ~(torch.isfinite(value) & torch.isfinite(dot))
+    if not bool(bad.any()):
+        return  # finite entries whose sum overflowed
+    raise ValueError(
+        f"{name} returned NaN or inf: {int(bad.sum())} kernel entries at pre-activation standard deviations up "
+        f"to {float(sa[bad].max()):.3g} are not finite. Its function (or derivative) must be finite on the whole "
+        "real line, where the Gaussian pre-activations take their values (e.g. torch.log or torch.sqrt are not, "
+        "torch.exp overflows at large variances): guard it (e.g. torch.log1p(x.abs())), or normalise the inputs "
+        "or use a smaller w_std to keep the variances moderate"
+    )
+
+
 def bivariate_expectations(
     value_and_derivative: ValueAndDerivative,
     s12: torch.Tensor,
@@ -299,6 +320,7 @@ def bivariate_expectations(
     tolerance = max(tolerance, 100.0 * torch.finfo(dtype).eps)
     level = 0
     value, dot = run(level)
+    _check_finite_result(value, dot, sa, s_in, name)
     while True:
         error = _estimate_error(
             value_and_derivative, value, dot, sa, ratio, s_in, sa_max, s_in_max, level, order, chunk_bytes
@@ -318,6 +340,7 @@ def bivariate_expectations(
             break
         level += 1
         value, dot = run(level)
+        _check_finite_result(value, dot, sa, s_in, name)
     return value.reshape(shape), (dot.reshape(shape) if dot is not None else None)
 
 

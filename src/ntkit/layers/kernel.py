@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -261,6 +262,9 @@ def _tile(
 ) -> dict[str, torch.Tensor]:
     """The whole recursion for one tile of rows `xa` against columns `xb`: (a, b) NNGP and NTK blocks."""
     state = arch.map_state(_state(xa, xb, cov1, cov2, full, need_ntk, tape))
+    _check_underflow(cov1, state.cov1)
+    if cov2 is not None:
+        _check_underflow(cov2, state.cov2)
     if cov2 is None:
         # Identical inputs: the diagonal is each example's own variance, exactly as its self-covariance says.
         state.nngp.diagonal().copy_(state.cov1)
@@ -268,6 +272,32 @@ def _tile(
     if need_ntk and ntk is None:  # nothing trainable: the NTK is zero
         ntk = torch.zeros_like(state.nngp)
     return {"nngp": state.nngp, "ntk": ntk}
+
+
+class KernelUnderflowWarning(RuntimeWarning):
+    """The network's output variance of inputs with non-zero variance underflowed to zero (or subnormals)."""
+
+
+def _check_underflow(before: torch.Tensor, after: torch.Tensor | None) -> None:
+    """Warn when inputs of non-zero variance leave the network with a variance below the dtype's smallest
+    normal number: the kernel entries have underflowed (to exactly zero, or with lost digits), as in deep
+    networks whose weight variance shrinks the signal at every layer."""
+    if after is None or after.shape[-1:] != before.shape[-1:]:
+        return
+    tiny = torch.finfo(after.dtype).tiny
+    lost = (after.reshape(-1, after.shape[-1]) < tiny).any(0) & (
+        before.reshape(-1, before.shape[-1]) > 0
+    ).any(0)
+    if bool(lost.any()):
+        warnings.warn(
+            f"the infinite-width kernel underflowed: {int(lost.sum())} input(s) with non-zero variance leave the "
+            f"network with a variance below {tiny:.3g}, the smallest normal {after.dtype} number, so their kernel "
+            "entries are zero or have lost their digits. The variance shrinks at every layer: use w_std at the "
+            "edge of chaos (ntkit.layers.edge_of_chaos(activation)) or a bias (b_std > 0), fewer layers, or "
+            "float64 inputs",
+            KernelUnderflowWarning,
+            stacklevel=2,
+        )
 
 
 def _requested(get: str | Iterable[str]) -> tuple[str, ...]:
