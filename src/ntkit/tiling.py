@@ -66,24 +66,123 @@ def block_size(n: int, bytes_per_example: float, bytes_per_pair: float, *, budge
     return int(max(1, min(n, _MAX_BLOCK, math.floor(side))))
 
 
+_PROC_SELF = Path("/proc/self")
+_PROC_MEMINFO = Path("/proc/meminfo")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on `device`, or None when it cannot be told."""
+    """Bytes that can still be allocated on `device`, or None when it cannot be told.
+
+    CUDA: the device's free memory (`torch.cuda.mem_get_info`). CPU: the smallest of every limit that applies
+    to this process: the system's MemAvailable, the memory limit of its cgroup and of every cgroup above it
+    (v2 memory.max, v1 memory.limit_in_bytes; minus what the group uses, not counting reclaimable page cache),
+    and the address-space limit RLIMIT_AS (minus the process's virtual size). A container or a job scheduler
+    that caps memory is honoured, so a request that passes the check is not killed by the OOM killer or
+    refused by the allocator. Every computation in ntkit (kernels, empirical NTKs, solvers) checks this one.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
+    if device.type != "cpu":
+        return None
+    limits = [_meminfo_available(), *_cgroup_available(), _address_space_available()]
+    known = [limit for limit in limits if limit is not None]
+    return max(0, min(known)) if known else None
+
+
+def _read_int(path: Path) -> int | None:
+    """The integer in a one-line file, None when missing, unreadable or "max" (no limit)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open(_PROC_MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _inactive_file(directory: Path) -> int:
+    """Reclaimable page cache of a cgroup (memory.stat's inactive_file), 0 when it cannot be read."""
+    try:
+        for line in (directory / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("inactive_file", "total_inactive_file"):
+                return int(value)
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return 0
+
+
+def _cgroup_available() -> list[int]:
+    """Room left under the memory limit of this process's cgroup and of each one above it (v2 and v1)."""
+    try:
+        lines = (_PROC_SELF / "cgroup").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2: "0::/path"
+            base, limit_file, usage_file = _CGROUP_ROOT, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # cgroup v1: "4:memory:/path"
+            base, limit_file, usage_file = (
+                _CGROUP_ROOT / "memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+            if not base.is_dir():
+                base = _CGROUP_ROOT / controllers
+        else:
+            continue
+        # The group's own directory and all above it (a container sees its own group as the root).
+        relative = Path(path.lstrip("/"))
+        candidates = [base / relative, *(base / parent for parent in relative.parents)]
+        for directory in dict.fromkeys(candidates):
+            limit = _read_int(directory / limit_file)
+            if limit is None or limit >= 2**62:  # "max" or v1's "unlimited" (a page-rounded 2**63 - 1)
+                continue
+            usage = _read_int(directory / usage_file) or 0
+            out.append(limit - max(0, usage - _inactive_file(directory)))
+    return out
+
+
+def _address_space_available() -> int | None:
+    """RLIMIT_AS (soft) minus the process's current virtual size, or None without a limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    used = 0
+    try:
+        for line in (_PROC_SELF / "status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                used = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        pass
+    return soft - used
 
 
 def blocks(n1: int, n2: int, tile: int | tuple[int, int], symmetric: bool) -> list[tuple[slice, slice]]:
