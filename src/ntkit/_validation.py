@@ -19,11 +19,14 @@ def as_float_tensor(
     ndim: int | None = 2,
     like: torch.Tensor | None = None,
     allow_nonfinite: bool = False,
+    allow_half: bool = True,
 ) -> torch.Tensor:
-    """Return `value` as a floating torch tensor, checking dtype, rank and finiteness.
+    """Return `value` as a floating torch tensor, checking dtype, rank, device and finiteness.
 
     numpy arrays are converted without copying where possible. When `like` is given, the result is moved to
-    its dtype and device (used to bring a second input into line with the first).
+    its dtype and device (used to bring a second input into line with the first). Meta tensors (shapes without
+    values) are refused; `allow_half=False` refuses float16 and bfloat16 (kernel matrices headed for an
+    eigendecomposition or a solve, which torch does not do, and whose 3 digits would not survive one).
     """
     if isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.floating):
@@ -35,6 +38,15 @@ def as_float_tensor(
         raise TypeError(
             f"{name} must have a floating dtype (float32 or float64), got {value.dtype}; "
             f"convert it with {name}.double() or {name}.float()"
+        )
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device, which holds a shape but no values; create it on 'cpu' or 'cuda'"
+        )
+    if not allow_half and value.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"{name} is {value.dtype}, which has too few digits for kernel algebra (eigendecompositions and "
+            f"solves need float32 or float64); convert it with {name}.float() or {name}.double()"
         )
     if ndim is not None and value.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")

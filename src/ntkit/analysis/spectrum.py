@@ -57,7 +57,7 @@ def _check_kernel(kernel: Any, name: str = "K") -> torch.Tensor:
     NTKs computed by tiles in float32 differ from their transpose by a few ulps, while a non-kernel matrix
     fails.
     """
-    kernel = as_float_tensor(kernel, name, ndim=2)
+    kernel = as_float_tensor(kernel, name, ndim=2, allow_half=False)
     n_rows, n_cols = kernel.shape
     if n_rows != n_cols:
         raise ValueError(f"{name} must be a square kernel matrix K(X, X), got shape {tuple(kernel.shape)}")

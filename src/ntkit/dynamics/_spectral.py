@@ -33,7 +33,7 @@ def check_train_kernel(value: Any, name: str = "k_train_train") -> torch.Tensor:
     The symmetry tolerance is sqrt(eps) of the dtype relative to max |K|: round-off in tiled or batched kernel
     code stays orders of magnitude below it, while a kernel between two different sets of points does not.
     """
-    k = as_float_tensor(value, name, ndim=2)
+    k = as_float_tensor(value, name, ndim=2, allow_half=False)
     if k.shape[0] != k.shape[1]:
         raise ValueError(f"{name} must be square (n, n), got shape {tuple(k.shape)}")
     if k.shape[0] == 0:
@@ -80,7 +80,7 @@ def check_outputs(
 
 def check_cross_kernel(value: Any, n: int, name: str, like: torch.Tensor) -> torch.Tensor:
     """A test-train kernel of shape (m, n) in `like`'s dtype and device."""
-    k = as_float_tensor(value, name, ndim=2)
+    k = as_float_tensor(value, name, ndim=2, allow_half=False)
     if k.shape[1] != n:
         raise ValueError(
             f"{name} must have shape (m, {n}) (its columns are the training points), got {tuple(k.shape)}"

@@ -17,6 +17,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+# The same refusal of training-mode BatchNorm and Dropout as empirical_ntk's (one check, not a copy).
+from ..empirical._checks import check_modes
+
 __all__ = ["LinearizedModel", "linearize"]
 
 
@@ -49,6 +52,7 @@ class LinearizedModel(nn.Module):
             raise ValueError(
                 "model has no trainable parameters (requires_grad=True): there is nothing to linearize"
             )
+        check_modes(model)
         self.module = copy.deepcopy(model)
         self.initial = copy.deepcopy(model)
         _freeze_into_buffers(self.initial)
@@ -60,8 +64,18 @@ class LinearizedModel(nn.Module):
         primal = {name: initial[name] for name in self._trainable_names}
         tangent = {name: current[name] - initial[name] for name in self._trainable_names}
 
+        check_modes(self.initial)  # .train() on the linearized model reaches the copy at theta_0 too
+
         def at(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.initial, params, args, kwargs)
+            out = functional_call(self.initial, params, args, kwargs)
+            if not isinstance(out, torch.Tensor):
+                keys = f" with keys {sorted(out)}" if isinstance(out, dict) else ""
+                raise TypeError(
+                    f"linearize: the model must return one tensor, but it returned a "
+                    f"{type(out).__name__}{keys}; linearize a wrapper that returns the output you train, e.g. "
+                    "a module whose forward is `return model(x)['logits']`"
+                )
+            return out
 
         out, change = jvp(at, (primal,), (tangent,))
         return out + change

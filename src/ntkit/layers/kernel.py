@@ -76,10 +76,12 @@ def compute_kernel(
     Cost: per pair of inputs and layer, O(1) for features, O(P) for spatial inputs read out by Flatten (the
     spatial diagonal suffices) and O(P^2) when a pooling layer needs the whole spatial covariance (P positions).
     """
-    x1 = as_float_tensor(x1, "x1", ndim=None)
+    # The kernel is not differentiated with respect to the inputs (the tiles are written in place, which
+    # autograd cannot follow): inputs that require grad are detached, and the result never requires grad.
+    x1 = as_float_tensor(x1, "x1", ndim=None).detach()
     _check_rank(x1, "x1")
     if x2 is not None:
-        x2 = as_float_tensor(x2, "x2", ndim=None, like=x1)
+        x2 = as_float_tensor(x2, "x2", ndim=None, like=x1).detach()
         _check_rank(x2, "x2")
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(
