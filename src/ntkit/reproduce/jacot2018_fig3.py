@@ -101,7 +101,10 @@ def run(run: Run) -> Outcome:
     labels = data.labels_train.cpu()
     for digit in range(10):
         chosen = labels == digit
-        ax.scatter(pc[chosen, 0], pc[chosen, 1], s=9, color=(COLORS * 2)[digit], label=str(digit))
+        marker = "o" if digit < len(COLORS) else "x"  # 8 colours: the last digits repeat them with crosses
+        ax.scatter(
+            pc[chosen, 0], pc[chosen, 1], s=12, marker=marker, color=(COLORS * 2)[digit], label=str(digit)
+        )
     ax.set_xlabel("f^(2)")
     ax.set_ylabel("f^(3)")
     ax.set_title("digits on the 2nd and 3rd components")
