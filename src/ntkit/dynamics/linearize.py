@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 # The same refusal of training-mode BatchNorm and Dropout as empirical_ntk's (one check, not a copy).
-from ..empirical._checks import check_modes
+from ..empirical import check_modes
 
 __all__ = ["LinearizedModel", "linearize"]
 

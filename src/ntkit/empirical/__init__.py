@@ -8,6 +8,7 @@ x2)` is its NNGP twin: the output covariance one network at initialisation estim
 
 from ._api import METHODS, OUTPUTS, empirical_ntk
 from ._batching import DEFAULT_EMPIRICAL_BUDGET
+from ._checks import check_modes
 from .nngp import empirical_nngp
 
-__all__ = ["DEFAULT_EMPIRICAL_BUDGET", "METHODS", "OUTPUTS", "empirical_nngp", "empirical_ntk"]
+__all__ = ["DEFAULT_EMPIRICAL_BUDGET", "METHODS", "OUTPUTS", "check_modes", "empirical_nngp", "empirical_ntk"]
