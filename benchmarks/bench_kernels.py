@@ -195,7 +195,8 @@ def run_fc(args: argparse.Namespace) -> None:
         print(f"  ntkit vs neural-tangents: {peer_agree[0]:.1e} / {peer_agree[1]:.1e}  (200 x 200 corner)")
     print(
         "On the diagonal the others take arccos of a rounded ratio S12 / sqrt(S11 S22) = 1 - O(eps), so theta is\n"
-        "~1e-8 instead of 0 and the NTK is off by ~1e-8 relative; ntkit uses theta = 0 exactly there (docs/architecture.md)."
+        "~1e-8 instead of 0 and the NTK is off by ~1e-8 relative; ntkit uses theta = 0 exactly there\n"
+        "(docs/architecture.md)."
     )
 
 

@@ -98,9 +98,9 @@ def eigen_convergence(
 
         v_i . (u(t) - y) = exp(-eta lambda_i t / N) v_i . (u(0) - y)
 
-    with N the number of label entries for reduction="mean" and N = 1 for "sum" (the conventions of docs/architecture.md), and
-    (1 - eta lambda_i / N)^t in place of the exponential for steps="discrete" (plain gradient descent).
-    Directions of large eigenvalue are learned first (Arora et al. 2019, Section 4).
+    with N the number of label entries for reduction="mean" and N = 1 for "sum" (the conventions of
+    docs/architecture.md), and (1 - eta lambda_i / N)^t in place of the exponential for steps="discrete"
+    (plain gradient descent). Directions of large eigenvalue are learned first (Arora et al. 2019, Section 4).
 
     Args:
         K: the kernel on the training inputs (n, n), or its :func:`spectrum`.

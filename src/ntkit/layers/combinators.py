@@ -74,8 +74,8 @@ class Serial(_Container):
     `Serial(Dense(512), ReLU(), Dense(1))`, or convolutional, `Serial(Conv(64), ReLU(), Conv(64), ReLU(),
     GlobalAvgPool(), Dense(10))`, gives
     - `kernel(x1, x2)`: the exact NNGP K and NTK T of the infinitely wide network (Lee et al. 2018; Jacot et al.
-      2018; Novak et al. 2019; Arora et al. 2019), by the recursion over layers in docs/architecture.md, starting from the
-      input covariance S0(x, x')[p, p'] = sum_c x_c,p x'_c,p' / C;
+      2018; Novak et al. 2019; Arora et al. 2019), by the recursion over layers in docs/architecture.md, starting
+      from the input covariance S0(x, x')[p, p'] = sum_c x_c,p x'_c,p' / C;
     - `build(in_shape)`: the finite network with exactly the same parametrization, whose empirical NTK
       approaches T as the widths (channels) grow.
 
