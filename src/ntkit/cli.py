@@ -49,13 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     try:
+        if getattr(args, "out", None) is not None:
+            # every command with --out: a file, or a folder that cannot be written, stops it before any work
+            from .report._output import check_out_folder
+
+            check_out_folder(args.out)
         status = importlib.import_module(args._module).run(args)
     except KeyboardInterrupt:
         print(f"\nntkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, MemoryBudgetError) as err:
-        # Bad input: one clear line, no traceback.
-        print(f"ntkit {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, MemoryBudgetError) as err:
+        # Bad input, or a file system that refuses a file: one clear line, no traceback.
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"ntkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return status

@@ -103,7 +103,8 @@ def test_shape_mismatch_names_both_keys(tmp_path):
 def test_non_finite_data_names_the_key_and_file(tmp_path):
     y = np.array([1.0, np.nan, 2.0])
     config = _files_config(tmp_path, np.zeros((3, 1)), y)
-    with pytest.raises(ConfigError, match=r"'data.y_train' \(.*y.csv\): contains 1 NaN or infinite"):
+    # line 1 is the header "target", so the NaN of row 2 is on line 3
+    with pytest.raises(ConfigError, match=r"'data.y_train' \(.*y.csv\): line 3, column 'target': nan is not"):
         load_dataset(config, torch.device("cpu"), torch.float64)
 
 
@@ -111,7 +112,10 @@ def test_non_numeric_csv_is_rejected(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 1)))
     (tmp_path / "y.csv").write_text("a\nb\nc\n")
     (tmp_path / "r.toml").write_text('[data]\nsource = "files"\nx_train = "x.npy"\ny_train = "y.csv"\n')
-    with pytest.raises(ConfigError, match=r"'data.y_train' .*cannot read numbers"):
+    # "a" is taken as the header, so the first value that is not a number is on line 2
+    with pytest.raises(
+        ConfigError, match=r"'data.y_train' .*y.csv\): line 2, column 'a': 'b' is not a number"
+    ):
         load_dataset(load_config(tmp_path / "r.toml"), torch.device("cpu"), torch.float64)
 
 
@@ -125,7 +129,7 @@ def test_test_file_shapes_are_checked(tmp_path):
 def test_resolved_config_round_trips_through_toml():
     resolved = resolve_config({"model": {"width": 96}}, quick=True)
     parsed = tomllib.loads(dump_toml(resolved))
-    for key in ("x_train", "y_train", "x_test", "y_test"):  # unset optional files are written as comments
+    for key in ("x_train", "y_train", "x_test", "y_test", "train", "test", "target"):  # unset: comments
         resolved["data"].pop(key)
     assert parsed == resolved
 
@@ -153,3 +157,94 @@ def test_documented_example_is_the_built_in_configuration():
             assert example[key] == documented, key
         else:
             assert example[key] == value, key
+
+
+def _csv_config(tmp_path, text):
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    (tmp_path / "y.csv").write_text(text)
+    (tmp_path / "r.toml").write_text('[data]\nsource = "files"\nx_train = "x.npy"\ny_train = "y.csv"\n')
+    return load_config(tmp_path / "r.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("a,b\n1,2\n3,\n5,6\n", "line 3, column 'b': empty value"),
+        ("a,b\n1,2\n\n3,4\n5,x7\n", "line 5, column 'b': 'x7' is not a number"),  # blank lines still count
+        ("a,b\n1,2\n3,4,5\n6,7\n", "line 3 has 3 value(s) but the header names 2 column(s)"),
+        ("1,2\n3,4\n5,inf\n", "line 3, column 2: inf is not a finite number"),  # no header: columns by number
+        (
+            "# a,b\n1,2\n3,4\nnan,6\n",
+            "line 4, column 'a': nan is not a finite number",
+        ),  # numpy.savetxt header
+    ],
+)
+def test_csv_errors_give_the_line_and_the_column(tmp_path, text, where):
+    config = _csv_config(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"'data.y_train' \(.*y.csv\): (.*)$") as info:
+        load_dataset(config, torch.device("cpu"), torch.float64)
+    assert str(info.value).endswith(where), str(info.value)
+
+
+def _single_csv(tmp_path, train_columns, test_columns=None, target='"y"'):
+    rng = np.random.default_rng(0)
+    tables = {"train": (train_columns, rng.standard_normal((6, len(train_columns))))}
+    if test_columns is not None:
+        tables["test"] = (test_columns, rng.standard_normal((4, len(test_columns))))
+    text = f'[data]\nsource = "files"\ntarget = {target}\n'
+    for name, (columns, values) in tables.items():
+        np.savetxt(tmp_path / f"{name}.csv", values, delimiter=",", header=",".join(columns), comments="")
+        text += f'{name} = "{name}.csv"\n'
+    (tmp_path / "r.toml").write_text(text)
+    return load_config(tmp_path / "r.toml"), {k: v for k, (_, v) in tables.items()}
+
+
+def test_a_single_csv_with_a_target_column(tmp_path):
+    config, tables = _single_csv(tmp_path, ["a", "y", "b"], ["b", "y", "a"])
+    data = load_dataset(config, torch.device("cpu"), torch.float64)
+    train, test = tables["train"], tables["test"]
+    torch.testing.assert_close(data.x_train, torch.as_tensor(train[:, [0, 2]]))  # a, b
+    torch.testing.assert_close(data.y_train, torch.as_tensor(train[:, [1]]))
+    torch.testing.assert_close(data.x_test, torch.as_tensor(test[:, [2, 0]]))  # reordered to a, b
+    torch.testing.assert_close(data.y_test, torch.as_tensor(test[:, [1]]))
+    assert data.test_given and "target column(s) 'y'" in data.description
+
+
+def test_a_single_csv_with_two_targets_and_a_test_file_without_them(tmp_path):
+    config, tables = _single_csv(tmp_path, ["u", "v", "w"], ["w"], target='["u", "v"]')
+    data = load_dataset(config, torch.device("cpu"), torch.float64)
+    torch.testing.assert_close(data.y_train, torch.as_tensor(tables["train"][:, :2]))
+    torch.testing.assert_close(data.x_test, torch.as_tensor(tables["test"]))
+    assert data.y_test is None and "no test error" in data.description
+
+
+@pytest.mark.parametrize(
+    ("train", "test", "target", "match"),
+    [
+        (["a", "b"], None, '"y"', r"'data.target' column 'y' is not in data.train \(.*\); its columns: a, b"),
+        (["y"], None, '"y"', r"no input columns are left"),
+        (["a", "y"], ["y"], '"y"', r"'data.test' \(.*\) has no column 'a', an input column of data.train"),
+        (["a", "y"], ["a", "c", "y"], '"y"', r"has a column 'c' that data.train does not have"),
+    ],
+)
+def test_single_csv_errors_name_the_column(tmp_path, train, test, target, match):
+    config, _ = _single_csv(tmp_path, train, test, target)
+    with pytest.raises(ConfigError, match=match):
+        load_dataset(config, torch.device("cpu"), torch.float64)
+
+
+def test_single_csv_needs_a_header_and_excludes_the_separate_files(tmp_path):
+    np.savetxt(tmp_path / "train.csv", np.ones((3, 2)), delimiter=",")
+    (tmp_path / "r.toml").write_text('[data]\nsource = "files"\ntrain = "train.csv"\ntarget = "y"\n')
+    with pytest.raises(ConfigError, match=r"'data.train' \(.*\): needs a header line naming its columns"):
+        load_dataset(load_config(tmp_path / "r.toml"), torch.device("cpu"), torch.float64)
+    np.save(tmp_path / "x.npy", np.ones(3))
+    (tmp_path / "r.toml").write_text(
+        '[data]\nsource = "files"\ntrain = "train.csv"\ntarget = "y"\nx_train = "x.npy"\n'
+    )
+    with pytest.raises(ConfigError, match=r"give either data.x_train and data.y_train or data.train"):
+        load_config(tmp_path / "r.toml")
+    with pytest.raises(ConfigError, match=r"'data.target' must name the target column"):
+        resolve_config({"data": {"source": "files", "train": str(tmp_path / "train.csv")}})
+    with pytest.raises(ConfigError, match=r"'data.train' must be a .csv file"):
+        resolve_config({"data": {"source": "files", "train": str(tmp_path / "x.npy"), "target": "y"}})

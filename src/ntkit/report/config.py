@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
         "y_train": None,
         "x_test": None,
         "y_test": None,
+        "train": None,  # or one .csv with a header: the feature columns and the target column(s) ...
+        "test": None,  # ... and optionally a test .csv with the same columns
+        "target": None,  # the target column's name in data.train (or a list of names)
+        "max_file_mb": 200,  # data files larger than this (in MB, 10^6 bytes) are refused before loading
     },
     "model": {
         "depth": 2,
@@ -112,7 +116,8 @@ _CHOICES = {
     "model.activation": ACTIVATIONS,
     "model.parametrization": ("ntk", "standard"),
 }
-_FILES = ("data.x_train", "data.y_train", "data.x_test", "data.y_test")
+_FILES = ("data.x_train", "data.y_train", "data.x_test", "data.y_test", "data.train", "data.test")
+_CSV_ONLY = ("data.train", "data.test")  # a header names the columns, so data.target can find its column
 _POSITIVE_INTS = (
     "data.n_train",
     "data.n_test",
@@ -137,6 +142,7 @@ _POSITIVE_INTS = (
     "conv.steps",
 )
 _NON_NEGATIVE_REALS = ("data.noise", "model.w_std", "model.b_std", "labels.diag_reg")
+_POSITIVE_REALS = ("data.max_file_mb",)
 _LEARNING_RATES = ("training.learning_rate", "digits.learning_rate", "conv.learning_rate")
 _DIGITS_IMAGES = 1797  # sklearn.datasets.load_digits
 _WIDTH_LISTS = ("width.widths", "width.drift_widths")
@@ -191,6 +197,10 @@ def _validate(config: dict[str, Any], base_dir: Path) -> None:
         value = _get(config, key)
         if not _is_real(value) or value < 0:
             raise ConfigError(f"config: '{key}' must be a finite number >= 0, got {value!r}")
+    for key in _POSITIVE_REALS:
+        value = _get(config, key)
+        if not _is_real(value) or value <= 0:
+            raise ConfigError(f"config: '{key}' must be a finite number > 0, got {value!r}")
     for key in _LEARNING_RATES:
         value = _get(config, key)
         if value != "auto" and (not _is_real(value) or value <= 0):
@@ -223,26 +233,77 @@ def _validate(config: dict[str, Any], base_dir: Path) -> None:
         value = _get(config, key)
         if value is None:
             continue
+        kinds = "a .csv" if key in _CSV_ONLY else "a .npy or .csv"
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"config: '{key}' must be a path to a .npy or .csv file, got {value!r}")
+            raise ConfigError(f"config: '{key}' must be a path to {kinds} file, got {value!r}")
         path = Path(value).expanduser()
         if not path.is_absolute():
             path = (base_dir / path).resolve()
-        if path.suffix.lower() not in (".npy", ".csv"):
-            raise ConfigError(f"config: '{key}' must be a .npy or .csv file, got {str(path)!r}")
+        if path.suffix.lower() not in ((".csv",) if key in _CSV_ONLY else (".npy", ".csv")):
+            raise ConfigError(f"config: '{key}' must be {kinds} file, got {str(path)!r}")
+        if path.is_dir():
+            raise ConfigError(f"config: '{key}': {path} is a folder, not a file")
         if not path.is_file():
             raise ConfigError(f"config: '{key}': file not found: {path}")
+        _check_size(path, key, data["max_file_mb"])
         data[key.split(".")[1]] = str(path)
-    if data["source"] == "files":
-        for key in ("x_train", "y_train"):
-            if data[key] is None:
-                raise ConfigError(f"config: 'data.{key}' is required when data.source = \"files\"")
-        if data["y_test"] is not None and data["x_test"] is None:
-            raise ConfigError("config: 'data.y_test' is given without 'data.x_test'")
-    elif any(data[key] is not None for key in ("x_train", "y_train", "x_test", "y_test")):
+    _validate_data_files(data)
+
+
+def _check_size(path: Path, key: str, limit_mb: float) -> None:
+    """Refuse a data file over data.max_file_mb from its size on disk, before reading a byte of it: the
+    report's kernels are n x n, so a file that large is far beyond what the closed form can invert."""
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > limit_mb:
         raise ConfigError(
-            'config: data files are given but \'data.source\' is "sine"; set data.source = "files"'
+            f"config: '{key}' ({path}) is {size_mb:.1f} MB, over data.max_file_mb = {limit_mb:g}; the report "
+            "inverts an n x n kernel, so use a subset of a few thousand rows, or raise data.max_file_mb"
         )
+
+
+def _validate_data_files(data: dict[str, Any]) -> None:
+    """Which data files go together: x_train and y_train, or one train .csv with its target column(s)."""
+    separate = [k for k in ("x_train", "y_train", "x_test", "y_test") if data[k] is not None]
+    single = [k for k in ("train", "test") if data[k] is not None]
+    target = data["target"]
+    if target is not None:
+        names = [target] if isinstance(target, str) else target
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n.strip() for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise ConfigError(
+                "config: 'data.target' must be a column name or a list of distinct column names, got "
+                f"{target!r}"
+            )
+    if data["source"] != "files":
+        if separate or single or target is not None:
+            given = ", ".join(f"data.{k}" for k in [*separate, *single, *(["target"] if target else [])])
+            raise ConfigError(
+                f'config: {given} given but \'data.source\' is "sine"; set data.source = "files"'
+            )
+        return
+    if single and separate:
+        raise ConfigError(
+            f"config: give either data.x_train and data.y_train or data.train with data.target, not both "
+            f"(got {', '.join(f'data.{k}' for k in separate + single)})"
+        )
+    if single or target is not None:
+        if data["train"] is None:
+            raise ConfigError("config: 'data.train' is required with 'data.test' or 'data.target'")
+        if target is None:
+            raise ConfigError("config: 'data.target' must name the target column(s) of data.train")
+        return
+    for key in ("x_train", "y_train"):
+        if data[key] is None:
+            raise ConfigError(
+                f"config: 'data.{key}' is required when data.source = \"files\" (or give data.train and "
+                "data.target: one .csv holding the inputs and the target column)"
+            )
+    if data["y_test"] is not None and data["x_test"] is None:
+        raise ConfigError("config: 'data.y_test' is given without 'data.x_test'")
 
 
 def resolve_config(
@@ -282,6 +343,8 @@ def load_config(
     if path is None:
         return resolve_config(None, quick=quick, overrides=overrides)
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"--config {file}: is a folder; give the TOML file (see docs/report.md)")
     if not file.is_file():
         raise ConfigError(f"--config: file not found: {file}")
     try:
@@ -289,6 +352,10 @@ def load_config(
             user = tomllib.load(handle)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"--config {file}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"--config {file}: cannot read it: {err.strerror or err}") from None
     return resolve_config(user, quick=quick, overrides=overrides, base_dir=file.resolve().parent)
 
 
