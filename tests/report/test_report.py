@@ -122,20 +122,44 @@ def _theory_predictions_hold_in_metrics(quick_report):
         assert _check(metrics, name)["passed"], _check(metrics, name)
 
 
-def _rerun_with_same_config_reuses_everything(quick_report):
+def _summary_states_thresholds_and_late_failures(quick_report):
+    metrics = quick_report["metrics"]
+    page = (quick_report["out"] / "report.html").read_text()
+    for check in metrics["checks"]:
+        assert check["threshold"] and check["judged_at"], check
+    training = metrics["sections"]["training"]
+    check = _check(metrics, "training predicted")
+    assert f"step {training['tenfold_loss_step']} of" in check["judged_at"]
+    # held where judged but not after all steps: said so in the table, not a bare "yes"
+    fails_late = check["passed"] and training["final_relative_gap_train"] >= 0.1
+    assert bool(check["later"]) == fails_late
+    if fails_late:
+        steps = metrics["config"]["training"]["steps"]
+        assert f"yes, then no after all {steps} steps ({training['final_relative_gap_train']:.3g})" in page
+    assert "plus and minus one standard deviation" in metrics["sections"]["width"]["caption"]
+    assert "test loss after training (80 points)" in page  # the sine example's noise-free test points
+
+
+def _rerun_with_same_config_reuses_everything(quick_report, capsys):
     out = quick_report["out"]
+    capsys.readouterr()
     generate_report(None, out, quick=True, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reused_sections"] == list(SECTIONS)
+    assert f"reused {len(SECTIONS)} of {len(SECTIONS)} section(s)" in capsys.readouterr().err
+    page = (out / "report.html").read_text()
+    assert f"{len(SECTIONS)} of {len(SECTIONS)} sections reused from an earlier run" in page
+    assert page.count("reused from an earlier run, which computed it in") == len(SECTIONS)
 
 
-def test_quick_report_end_to_end(tmp_path):
+def test_quick_report_end_to_end(tmp_path, capsys):
     quick_report = _quick_report(tmp_path)
     _interrupted_run_keeps_finished_sections_and_resumes(quick_report)
     _every_section_has_png_svg_and_metrics(quick_report)
     _html_is_self_contained(quick_report)
     _theory_predictions_hold_in_metrics(quick_report)
-    _rerun_with_same_config_reuses_everything(quick_report)
+    _summary_states_thresholds_and_late_failures(quick_report)
+    _rerun_with_same_config_reuses_everything(quick_report, capsys)
 
 
 def test_changed_config_recomputes(tmp_path):

@@ -8,9 +8,25 @@ from typing import Any
 
 import numpy as np
 
-from .._artifacts import Check, to_json
+from .._artifacts import Check as _ArtifactCheck
+from .._artifacts import to_json
 
 __all__ = ["Check", "SectionResult", "log_spaced_indices", "to_json"]
+
+
+@dataclass
+class Check(_ArtifactCheck):
+    """A prediction tested on the run, with what the summary table needs to be read without the caption.
+
+    ``threshold`` is the condition that counts as held ("RMS gap < 0.1 of RMS(y)"), ``judged_at`` the point
+    where it is judged ("step 96, when the predicted loss has fallen tenfold"), and ``later`` is set when the
+    same condition, applied later in the run, gives a different answer ("no after all 400 steps: 0.163"):
+    a prediction that holds early and fails late is shown as such, not as a bare "yes".
+    """
+
+    threshold: str = ""
+    judged_at: str = ""
+    later: str = ""
 
 
 @dataclass
@@ -24,6 +40,7 @@ class SectionResult:
     checks: list[Check] = field(default_factory=list)
     highlights: list[tuple[str, str]] = field(default_factory=list)  # (label, value) pairs for the key table
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # shown above the figure (set by the pipeline)
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -32,7 +49,7 @@ class SectionResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SectionResult:
-        checks = [Check(**c) for c in data.get("checks", [])]
+        checks = [Check(**c) for c in data["checks"]]
         highlights = [tuple(h) for h in data.get("highlights", [])]
         return cls(
             data["name"],
@@ -41,7 +58,7 @@ class SectionResult:
             data["metrics"],
             checks,
             highlights,
-            data.get("seconds", 0.0),
+            data["seconds"],
         )
 
 

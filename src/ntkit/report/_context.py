@@ -11,9 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..layers import GELU, Abs, Erf, Identity, ReLU, Serial, Sigmoid, Softplus, Tanh, mlp
+from .config import ConfigError
 from .data import Dataset, load_dataset
 
-__all__ = ["Context", "TrainingRecord", "activation"]
+__all__ = ["Context", "TrainingRecord", "activation", "diverged", "learning_rate_for"]
 
 _PER_OCTAVE = 16  # records per doubling of the step count
 
@@ -49,9 +50,43 @@ _ACTIVATIONS = {
 AUTO_STEP = 0.5
 
 
+# A run whose training loss ends this many times above where it started has diverged (gradient descent below
+# the stability limit only lowers the loss of the linearized network; a wide network's stays within a few %).
+_DIVERGED_GROWTH = 100.0
+
+
 def activation(name: str) -> Any:
     """The ntkit activation for a config name (validated by the config already)."""
     return _ACTIVATIONS[name]()
+
+
+def learning_rate_for(value: float | str, kernel: torch.Tensor, entries: int, key: str) -> float:
+    """The learning rate of config key ``key``: "auto" gives eta lambda_max / N = AUTO_STEP on ``kernel``;
+    a number is checked against the stability limit 2 N / lambda_max of discrete gradient descent
+    (Lee et al. 2019, sec. 2.4), above which the closed form and the network's training both diverge.
+
+    Raises:
+        ConfigError: naming ``key`` when the rate is at or above the limit.
+    """
+    from ..predict import max_learning_rate
+
+    limit = max_learning_rate(kernel, y_train_size=entries)
+    if value == "auto":
+        return AUTO_STEP / 2 * limit
+    rate = float(value)
+    if rate >= limit:
+        raise ConfigError(
+            f"config: '{key}' = {rate:g} is at or above {limit:.4g}, the largest stable rate 2 N / lambda_max "
+            f"of gradient descent with this NTK (N = {entries}): training diverges there; use a smaller "
+            f'rate, or "auto" ({AUTO_STEP / 2 * limit:.4g})'
+        )
+    return rate
+
+
+def diverged(key: str, rate: float, err: Exception) -> ConfigError:
+    """The one-line error for a training run at ``rate`` (config ``key``) that diverged below the limit."""
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ConfigError(f"config: '{key}' = {rate:.4g}: {reason}")
 
 
 class Context:
@@ -116,13 +151,13 @@ class Context:
 
     @functools.cached_property
     def learning_rate(self) -> float:
-        value = self.config["training"]["learning_rate"]
-        if value != "auto":
-            return float(value)
-        from ..predict import max_learning_rate
-
-        # eta lambda_max / N = AUTO_STEP, where max_learning_rate is the stability limit 2 N / lambda_max
-        return AUTO_STEP / 2 * max_learning_rate(self.kernel_train, y_train_size=self.data.y_train.numel())
+        """training.learning_rate, "auto" resolved and a number checked against the stability limit."""
+        return learning_rate_for(
+            self.config["training"]["learning_rate"],
+            self.kernel_train,
+            self.data.y_train.numel(),
+            "training.learning_rate",
+        )
 
     @property
     def steps(self) -> int:
@@ -150,22 +185,25 @@ class Context:
             while done < steps:
                 every = max(1, done // _PER_OCTAVE)
                 length = min(steps - done, max(_PER_OCTAVE, done))
-                result = train(
-                    network,
-                    self.data.x_train,
-                    y,
-                    learning_rate=self.learning_rate,
-                    steps=length,
-                    reduction="mean",
-                    x_test=self.eval_inputs,
-                    record_every=every,
-                    progress=False,
-                )
+                try:
+                    result = train(
+                        network,
+                        self.data.x_train,
+                        y,
+                        learning_rate=self.learning_rate,
+                        steps=length,
+                        reduction="mean",
+                        x_test=self.eval_inputs,
+                        record_every=every,
+                        progress=False,
+                    )
+                except ValueError as err:  # the inputs were checked: what train refuses here is divergence
+                    raise diverged("training.learning_rate", self.learning_rate, err) from None
                 first = 0 if not parts else 1  # each phase starts where the last one ended
                 parts.append((result.steps[first:] + done, result))
                 done += length
                 bar.update(length)
-        return TrainingRecord(
+        record = TrainingRecord(
             steps=torch.cat([s for s, _ in parts]),
             train_outputs=torch.cat(
                 [r.train_outputs[0 if i == 0 else 1 :] for i, (_, r) in enumerate(parts)]
@@ -173,6 +211,14 @@ class Context:
             test_outputs=torch.cat([r.test_outputs[0 if i == 0 else 1 :] for i, (_, r) in enumerate(parts)]),
             loss=torch.cat([r.loss[0 if i == 0 else 1 :] for i, (_, r) in enumerate(parts)]),
         )
+        start, end = float(record.loss[0]), float(record.loss[-1])
+        if end > _DIVERGED_GROWTH * start:
+            raise diverged(
+                "training.learning_rate",
+                self.learning_rate,
+                ValueError(f"training ({description}) diverged: the loss grew from {start:.3g} to {end:.3g}"),
+            )
+        return record
 
     @functools.cached_property
     def real_run(self) -> TrainingRecord:
@@ -191,7 +237,15 @@ class Context:
         """
         from ..dynamics import gradient_descent_mse
         from ..empirical import empirical_ntk
+        from ..predict import max_learning_rate
 
+        limit = max_learning_rate(self.empirical_kernel_train, y_train_size=self.data.y_train.numel())
+        if self.learning_rate >= limit:
+            raise ConfigError(
+                f"config: 'training.learning_rate' = {self.learning_rate:.4g} is at or above {limit:.4g}, the "
+                "largest stable rate 2 N / lambda_max for the network's own NTK at initialisation (width "
+                f"{self.config['model']['width']}): its linearization diverges there; use a smaller rate"
+            )
         network = copy.deepcopy(self.initial_network).double()
         k_eval_train = empirical_ntk(
             network, self.eval_inputs.double(), self.data.x_train.double(), outputs="mean"

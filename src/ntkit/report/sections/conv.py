@@ -10,11 +10,12 @@ import torch
 
 from ...layers import Conv, Dense, Flatten, GlobalAvgPool, Serial
 from .._base import Check, SectionResult
-from .._context import AUTO_STEP, Context, activation
+from .._context import Context, activation, diverged, learning_rate_for
 from .._plot import COLORS, new_figure, save_figure
 from ..data import load_digits_split
 
 TITLE = "8. Convolutional kernels on the digits"
+BUILT_IN_DATA = "scikit-learn's 8x8 handwritten digits as 1 x 8 x 8 images"
 
 # The checks' tolerances (docs/report.md). A CNN of C channels follows its CNTK's closed form up to O(C^-1/2):
 # its NTK at 64 channels is off by about 12% (Frobenius, measured), and early in training, when the outputs
@@ -64,7 +65,7 @@ def _regression(kernels: tuple[torch.Tensor, torch.Tensor], y_train: torch.Tenso
 
 def run(ctx: Context, figures: Path) -> SectionResult:
     from ...dynamics.training import train
-    from ...predict import gradient_descent_mse, max_learning_rate
+    from ...predict import gradient_descent_mse
 
     settings = ctx.config["conv"]
     channels, depth, steps = settings["channels"], settings["depth"], settings["steps"]
@@ -100,10 +101,9 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     # section 7 (g = f - f_0: same NTK, starts from 0 like the closed form and kernel regression).
     cntk_train, cntk_test = gap["ntk"]
     label_entries = digits.y_train.numel()
-    if settings["learning_rate"] == "auto":
-        learning_rate = AUTO_STEP / 2 * max_learning_rate(cntk_train, y_train_size=label_entries)
-    else:
-        learning_rate = float(settings["learning_rate"])
+    learning_rate = learning_rate_for(
+        settings["learning_rate"], cntk_train, label_entries, "conv.learning_rate"
+    )
     # train() takes (n, d) inputs: the CNN reads its 64 pixels as one 1 x 8 x 8 image.
     network = torch.nn.Sequential(
         torch.nn.Unflatten(1, (1, 8, 8)),
@@ -112,17 +112,20 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     began = time.perf_counter()
     with torch.no_grad():
         start_train, start_test = network(digits.x_train), network(digits.x_test)
-    run_result = train(
-        network,
-        digits.x_train,
-        digits.y_train + start_train,
-        learning_rate=learning_rate,
-        steps=steps,
-        reduction="mean",
-        x_test=digits.x_test,
-        record_every=max(1, steps // 25),
-        progress=ctx.progress,
-    )
+    try:
+        run_result = train(
+            network,
+            digits.x_train,
+            digits.y_train + start_train,
+            learning_rate=learning_rate,
+            steps=steps,
+            reduction="mean",
+            x_test=digits.x_test,
+            record_every=max(1, steps // 25),
+            progress=ctx.progress,
+        )
+    except ValueError as err:  # the digits are well-formed: what train refuses here is divergence
+        raise diverged("conv.learning_rate", learning_rate, err) from None
     seconds_training = time.perf_counter() - began
     network_test = run_result.test_outputs - start_test
     recorded = run_result.steps.to(device=ctx.device, dtype=ctx.dtype)
@@ -194,7 +197,7 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     ax.set_ylabel("test accuracy")
     ax.set_title(f"agreement CNN / closed form at step {steps}: {agreement_closed:.3f}", fontsize=11)
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)  # below: clear of the data
     ax = axes[2]
     closed_flat, network_flat = final_closed.reshape(-1).cpu(), final_network.reshape(-1).cpu()
     ax.plot(closed_flat, network_flat, ".", ms=2, alpha=0.5, color=COLORS[0])
@@ -244,6 +247,8 @@ def run(ctx: Context, figures: Path) -> SectionResult:
             f"agreement {agreement_closed:.3f} with {channels} channels; accuracy {network_accuracy[-1]:.3f} vs "
             f"{closed_accuracy[-1]:.3f}",
             agreement_closed > AGREEMENT,
+            threshold=f"same predicted class on more than {AGREEMENT:.0%} of the {settings['n_test']} test images",
+            judged_at=f"after all {steps} steps",
         ),
         Check(
             "conv: image kernels learn the digits",
@@ -251,6 +256,8 @@ def run(ctx: Context, figures: Path) -> SectionResult:
             "(chance: 10%)",
             f"accuracy CNTK-GAP {accuracy['CNTK-GAP']:.3f}, CNN-GP (Flatten) {accuracy['CNN-GP (Flatten)']:.3f}",
             min(accuracy["CNTK-GAP"], accuracy["CNN-GP (Flatten)"]) > ACCURACY,
+            threshold=f"test accuracy > {ACCURACY:.0%} for both kernels",
+            judged_at="kernel regression (t = infinity: no training)",
         ),
     ]
     metrics = {

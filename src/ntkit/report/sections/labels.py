@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ...analysis import generalization_bound, label_alignment, spectrum
 from .._base import Check, SectionResult, log_spaced_indices
@@ -47,6 +48,8 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     n = spec.eigenvalues.shape[0]
     for colour, (name, result) in zip(COLORS, alignment.items(), strict=False):
         ax.plot(range(1, n + 1), result.cumulative.cpu(), "o-", ms=3, color=colour, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, n + 0.5)  # from 1 direction
     ax.set_xlabel("number of top eigen-directions")
     ax.set_ylabel("share of ||y||^2")
     ax.set_ylim(0, 1.02)
@@ -57,6 +60,7 @@ def run(ctx: Context, figures: Path) -> SectionResult:
         ax.plot(steps, real_loss[name].cpu(), "-", color=colour, lw=1.8, label=f"{name}: network")
         ax.plot(steps, predicted_loss[name].cpu(), ":", color=colour, lw=2.0, label=f"{name}: closed form")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(0, float(steps[-1]))
     ax.set_yscale("log")
     ax.set_xlabel("gradient step")
     ax.set_ylabel("training loss")
@@ -94,6 +98,8 @@ def run(ctx: Context, figures: Path) -> SectionResult:
             "random labels have a larger generalization bound than true labels",
             f"bound {bounds[true].bound:.3g} (true) vs {bounds[rand].bound:.3g} (random)",
             bounds[rand].bound > bounds[true].bound,
+            threshold="bound (random labels) > bound (true labels)",
+            judged_at=f"the analytic NTK of the {n} training inputs (no training involved)",
         ),
         Check(
             "random labels: slower training",
@@ -101,6 +107,8 @@ def run(ctx: Context, figures: Path) -> SectionResult:
             f"final loss / initial loss {float(real_loss[true][-1] / real_loss[true][0]):.3g} (true) vs "
             f"{float(real_loss[rand][-1] / real_loss[rand][0]):.3g} (random)",
             float(real_loss[rand][-1] / real_loss[rand][0]) > float(real_loss[true][-1] / real_loss[true][0]),
+            threshold="final / initial training loss larger for random labels",
+            judged_at=f"after all {ctx.steps} steps of the network",
         ),
     ]
     metrics = {
