@@ -61,7 +61,9 @@ def empirical_nngp(
     f1 = _outputs(model, x1, batch_size)
     f2 = f1 if x2 is None else _outputs(model, x2, batch_size)
     if outputs == "mean":
-        return (f1 @ f2.T) / f1.shape[1]
+        gram = (f1 @ f2.T) / f1.shape[1]
+        # BLAS need not round f1 f1^T symmetrically; K(X, X) must be exactly symmetric.
+        return gram if x2 is not None else gram.triu() + gram.triu(1).T
     if outputs == "diagonal":
         return torch.einsum("ia,ja->ija", f1, f2)
     return torch.einsum("ia,jb->ijab", f1, f2)
