@@ -20,7 +20,6 @@ as sqrt(S11) sqrt(S22) sqrt((1 - rho)(1 + rho)), never from the cancelled differ
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_int, check_real
-from . import _quadrature
+from . import _elementwise, _quadrature
 from .base import KernelState, Layer, LayerError, Shape
 
 __all__ = [
@@ -163,43 +162,16 @@ def _safe_rsqrt(s: torch.Tensor) -> torch.Tensor:
     return _quadrature._safe_rsqrt(s)
 
 
-_scratch = threading.local()
-
-
 def _sqrt_one_minus_square(rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sqrt((1 - rho)(1 + rho)) in the per-thread workspace, a fresh tensor the caller may use as output).
 
     Both factors are exact near their own end of [-1, 1], so no digits cancel (a correlation of exactly +-1
-    gives exactly 0). Measured on the AVX-512 machines this project runs on (torch 2.13, float64): sqrt 0.5 ns
-    per entry, rsqrt 2 ns, asin 1.4 ns, atan2 5.8 ns; the kernel maps use the cheap ones.
+    gives exactly 0).
     """
-    root = torch.sub(torch.ones((), dtype=rho.dtype, device=rho.device), rho, out=_workspace(rho))
+    root = torch.sub(torch.ones((), dtype=rho.dtype, device=rho.device), rho, out=_elementwise.workspace(rho))
     fresh = torch.add(rho, 1.0)
-    root.mul_(fresh).sqrt_()
-    return root, fresh
-
-
-def _workspace(like: torch.Tensor) -> torch.Tensor:
-    """A scratch tensor shaped like `like`, kept per thread and reused across calls.
-
-    A fresh multi-megabyte tensor costs more in page faults (the allocator returns large blocks to the
-    system on free) than the arithmetic done in it: on the 1024 x 1024 float64 tiles of the kernel
-    recursion, each new temporary cost about half an arcsin pass. One buffer of the largest tile seen stays
-    alive per thread.
-    """
-    if like.device.type != "cpu":
-        # Device allocators cache freed blocks themselves; a kept buffer would only hold device memory.
-        return torch.empty_like(like)
-    buffer = getattr(_scratch, "buffer", None)
-    if (
-        buffer is None
-        or buffer.dtype != like.dtype
-        or buffer.device != like.device
-        or buffer.numel() < like.numel()
-    ):
-        buffer = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-        _scratch.buffer = buffer
-    return buffer[: like.numel()].view(like.shape)
+    root.mul_(fresh)
+    return _elementwise.sqrt(root, out=root), fresh
 
 
 class AbsLinear(Activation):
@@ -240,20 +212,15 @@ class AbsLinear(Activation):
         shape = _quadrature.broadcast_shape(s12, s11, s22)
         if s12.shape != shape:
             s12 = s12.broadcast_to(shape).clone()
-        dtype, device = s12.dtype, s12.device
         rho = _quadrature.correlation(s12, s11, s22)  # over s12's storage
 
         root, dot = _sqrt_one_minus_square(rho)  # sqrt((1 - rho)(1 + rho)), and a fresh buffer
-        torch.asin(rho, out=dot)
-        torch.add(torch.full((), a2, dtype=dtype, device=device), dot, alpha=c, out=dot)  # Sdot
+        _elementwise.asin(rho, out=dot)
+        dot.mul_(c).add_(a2)  # Sdot
         # S_new = sqrt(S11) sqrt(S22) (c root + rho Sdot), written over rho (s12's storage)
-        if c > 0.0:
-            value = torch.addcmul(root, rho, dot, value=1.0 / c, out=rho)
-            value.mul_(torch.sqrt(s11.clamp(min=0)).mul_(c))
-        else:
-            value = rho.mul_(dot)
-            value.mul_(torch.sqrt(s11.clamp(min=0)))
-        value.mul_(torch.sqrt(s22.clamp(min=0)))
+        value = torch.addcmul(root, rho, dot, value=1.0 / c, out=rho) if c > 0.0 else rho.mul_(dot)
+        sd1 = torch.sqrt(s11.clamp(min=0))
+        value.mul_(sd1.mul_(c) if c > 0.0 else sd1).mul_(torch.sqrt(s22.clamp(min=0)))
         return value, (dot if need_dot else None)
 
     def _config(self) -> tuple:
@@ -368,7 +335,7 @@ class Erf(Activation):
         if need_dot:
             dot = torch.clamp(root, min=torch.finfo(r.dtype).tiny, out=inverse).reciprocal_()
             dot.mul_(inv1 * (4.0 / math.pi)).mul_(inv2)
-        value = torch.asin(r, out=r).mul_(2.0 / math.pi)  # over r: s12's storage
+        value = _elementwise.asin(r, out=r).mul_(2.0 / math.pi)  # over r: s12's storage
         return value, dot
 
 
@@ -406,7 +373,7 @@ class GELU(Activation):
         w2 = (1.0 - r) * (1.0 + r)
         torch.maximum(w2, (1.0 + s11 + s22) * inv_q, out=w2)
         w = torch.sqrt(w2)
-        half_angle = torch.asin(r).mul_(0.5 / math.pi).add_(0.25)
+        half_angle = _elementwise.asin(r, out=torch.empty_like(r)).mul_(0.5 / math.pi).add_(0.25)
         value = s12c * half_angle
         value += (r * r + (s11 * s22) * w2) * (inv1 * inv2) / (2.0 * math.pi * w)
         if s12.shape == shape:

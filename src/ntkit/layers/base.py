@@ -101,8 +101,9 @@ class KernelState:
             return cov
         n, positions = cov.shape[-1], math.prod(self.spatial)
         diagonal = cov.reshape(positions, positions, n).diagonal(dim1=0, dim2=1)  # (n, P)
-        # A copy, not a view: maps overwrite covariances in place while they still read the variances.
-        return diagonal.T.reshape(*self.spatial, n).clone()
+        # A copy, not a view: maps overwrite covariances in place while they still read the variances. Laid out
+        # positions-first, as the tiles are, so that broadcasting them against a tile reads them in order.
+        return diagonal.T.reshape(*self.spatial, n).clone(memory_format=torch.contiguous_format)
 
     def pair_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Variances of the two sides, shaped to broadcast against `nngp`: (..., a, 1) and (..., 1, b)."""
