@@ -18,9 +18,7 @@ import os
 import shutil
 import time
 import zlib
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -490,7 +488,6 @@ def run_blocks(
     description: str = "kernel",
     memory_advice: str = _MEMORY_ADVICE,
     nonfinite_advice: str = _NONFINITE_ADVICE,
-    workers: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Fill (n1, n2, *tail) arrays named `names` block by block with `block_fn(rows, cols, on_diagonal)`.
 
@@ -506,12 +503,6 @@ def run_blocks(
     `store` and `key` verifies them and computes only the blocks still missing. A damaged store raises
     `StoreError` naming the file. Every block is checked for inf and NaN before it is kept: a kernel that
     overflowed its dtype raises a ValueError saying so, instead of returning non-finite entries.
-
-    `workers` > 1 computes that many blocks at once, each in its own thread with one torch thread (`block_fn`
-    must then be thread-safe); blocks are still written, checked and recorded in order by the calling thread.
-    For blocks made of many small elementwise passes this is faster than torch's own intra-op threads, and far
-    steadier on a busy machine, where OpenMP's workers spin at every barrier waiting for a core another process
-    holds (the spatial kernel recursion ran 5x to 25x slower so).
     """
     itemsize = dtype.itemsize
     shape = (n1, n2, *tail)
@@ -546,16 +537,12 @@ def run_blocks(
         delay=0.0 if progress else 2.0,
         leave=False,
     )
-    pending = [(index, rows, cols) for index, (rows, cols) in enumerate(todo) if not done[index]]
-
-    def compute(item: tuple[int, slice, slice]) -> tuple[int, slice, slice, bool, dict[str, torch.Tensor]]:
-        index, rows, cols = item
-        on_diagonal = symmetric and rows == cols
-        return index, rows, cols, on_diagonal, block_fn(rows, cols, on_diagonal)
-
-    parallel = _Parallel(workers if len(pending) > 1 else 1)
     try:
-        for index, rows, cols, on_diagonal, results in parallel.map(compute, pending):
+        for index, (rows, cols) in enumerate(todo):
+            if done[index]:
+                continue
+            on_diagonal = symmetric and rows == cols
+            results = block_fn(rows, cols, on_diagonal)
             for name in names:
                 _check_finite(name, results[name], rows, cols, nonfinite_advice)
             for name in names:
@@ -578,39 +565,7 @@ def run_blocks(
                     last_commit = time.monotonic()
             bar.update()
     finally:
-        parallel.close()
         bar.close()
         if disk is not None:
             disk.commit(finished)  # the blocks written completely before an interruption are kept
     return outputs
-
-
-class _Parallel:
-    """`map` in order over a pool of threads with one torch thread each, at most 2 tasks per thread ahead."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = max(1, int(workers))
-        self.pool: ThreadPoolExecutor | None = None
-        self.threads = torch.get_num_threads()
-
-    def map(self, fn: Callable, items: Sequence) -> Iterator:
-        if self.workers == 1:
-            yield from map(fn, items)
-            return
-        # Every thread, the calling one included, runs torch's operations on one thread meanwhile (OpenMP teams
-        # beside the pool's threads would only contend for the cores); close() restores the setting.
-        torch.set_num_threads(1)
-        self.pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,))
-        ahead: deque[Future] = deque()
-        for item in items:
-            ahead.append(self.pool.submit(fn, item))
-            if len(ahead) >= 2 * self.workers:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-            torch.set_num_threads(self.threads)

@@ -127,9 +127,7 @@ def compute_kernel(
         tape2 = tape1 if symmetric else _record(arch, xb, full, need_ntk)
         budget -= tape_bytes
     live = (_LIVE_SPATIAL if len(in_shape) > 1 else _LIVE_FEATURES) * arch.block_cost * entries
-    # On the CPU, tiles run side by side, one per torch thread (see tiling.run_blocks), each within its share.
-    workers = torch.get_num_threads() if x1.device.type == "cpu" else 1
-    tile = _tile_side(budget // workers, itemsize, live, spatial=len(in_shape) > 1)
+    tile = _tile_side(budget, itemsize, live, spatial=len(in_shape) > 1)
 
     def block(rows: slice, cols: slice, on_diagonal: bool) -> dict[str, torch.Tensor]:
         rows_cov = cov1[..., rows]
@@ -151,7 +149,6 @@ def compute_kernel(
         key=key,
         progress=progress,
         description="infinite-width kernel",
-        workers=workers,
     )
     return Kernel(nngp=result.get("nngp"), ntk=result.get("ntk"))
 
