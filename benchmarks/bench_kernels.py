@@ -12,7 +12,8 @@ cnn  issue 8's CNN, float64: 3 x [Conv(64, 3x3, "same", w_std 1, b_std 0), ReLU]
      --gap-n (default 100, 200), and Flatten + Dense(1) (spatial diagonal only) at --flatten-n (default 200,
      1000). Each case prints ntkit's and neural-tangents' best time, their ratio, and their agreement (largest
      relative difference of NTK and NNGP, off the diagonal and on it). For every case it also prints what
-     bounds ntkit: the asin floor, that is torch.asin (float64) timed here over one entry per spatial pair
+     bounds ntkit: the asin floor, that is the arcsin ntkit's kernel maps call (numpy's SIMD loop where numpy
+     has one for this CPU, else torch.asin; float64) timed here over one entry per spatial pair
      (P^2 for pooling, P for Flatten) per input pair per ReLU layer, for the n (n + 1) / 2 pairs a symmetric
      K(X, X) needs (ReLU's map takes one arcsin per entry), and ntkit's time as a multiple of that floor; and
      how many full passes over the same entries (read + write) ntkit's time would buy at the bandwidth of an
@@ -40,7 +41,15 @@ import numpy as np
 import torch
 
 import ntkit
-from ntkit.layers import Conv, Dense, Flatten, GlobalAvgPool, ReLU, Serial
+from ntkit.layers import (
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    ReLU,
+    Serial,
+    _elementwise,  # the arcsin the kernel maps use, for the floor
+)
 
 
 def eager_recursion(x: torch.Tensor, depth: int, b_std: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,11 +253,11 @@ def _stream_seconds(fn, entries: int, repeats: int = 3) -> float:
 
 
 def _floors(entries: int) -> tuple[float, float]:
-    """(torch.asin over `entries` float64 entries, one read + write pass over as many) in seconds, measured."""
+    """(the kernel maps' arcsin over `entries` float64 entries, one read + write pass over as many) in seconds."""
     g = torch.Generator().manual_seed(1)
     rho = torch.rand(_TILE_ENTRIES, generator=g, dtype=torch.float64).mul_(2).sub_(1)
     out = torch.empty_like(rho)
-    t_asin = _stream_seconds(lambda: torch.asin(rho, out=out), entries)
+    t_asin = _stream_seconds(lambda: _elementwise.asin(rho, out=out), entries)
     buf = torch.rand(_TILE_ENTRIES, generator=g, dtype=torch.float64).add_(1)
     t_pass = _stream_seconds(lambda: buf.mul_(1.0), entries)
     return t_asin, t_pass
@@ -327,9 +336,9 @@ def run_cnn(args: argparse.Namespace) -> None:
     )
 
     print(
-        "\nWhat bounds ntkit: the asin floor is torch.asin (float64) timed here over one entry per spatial pair "
-        "per\ninput pair per ReLU layer, n (n + 1) / 2 input pairs; a pass is one in-place multiply (read + write) "
-        f"over as\nmany entries, in tile-sized ({_TILE_ENTRIES} entries) chunks.\n"
+        "\nWhat bounds ntkit: the asin floor is the kernel maps' arcsin (float64) timed here over one entry per "
+        "spatial pair per\ninput pair per ReLU layer, n (n + 1) / 2 input pairs; a pass is one in-place multiply "
+        f"(read + write) over as\nmany entries, in tile-sized ({_TILE_ENTRIES} entries) chunks.\n"
     )
     print(
         f"{'case':<34} {'entries':>9} {'asin s':>8} {'ntkit / asin':>13} {'GB/s':>7} {'pass s':>8} "
