@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from ntkit.analysis import fit_power_law
-from ntkit.dynamics import gradient_descent_mse, max_learning_rate, train
+from ntkit.dynamics import train
 from ntkit.empirical import empirical_ntk
 from ntkit.layers import mlp
+from ntkit.predict import gradient_descent_mse, max_learning_rate
 
 PEER_PYTHON = "/tmp/ntkit-peers/bin/python"
 
@@ -207,8 +208,8 @@ def bench_width(widths: list[int], seeds: int, steps: int) -> None:
             lr = 0.5 * max_learning_rate(kernel[:n, :n], y_train_size=n)
             result = train(net, x_train, y, learning_rate=lr, steps=steps, x_test=x_test, record_every=10,
                            progress=False)  # fmt: skip
-            predict = gradient_descent_mse(kernel[:n, :n], y, learning_rate=lr, steps="discrete")
-            tr, te = predict(result.steps.double(), f0[:n], f0[n:], kernel[n:, :n])
+            predict = gradient_descent_mse(kernel[:n, :n], y, learning_rate=lr, discrete=True)
+            tr, te = predict(result.t.double(), f0[:n], f0[n:], kernel[n:, :n])
             trained = torch.cat([result.train_outputs, result.test_outputs], dim=1)
             predicted = torch.cat([tr, te], dim=1)
             rels.append(float((trained - predicted).norm() / predicted.norm()))

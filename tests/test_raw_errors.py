@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ntkit.analysis.spectrum import spectrum
-from ntkit.dynamics import gradient_descent_mse, linearize
+from ntkit.dynamics import linearize
 from ntkit.layers import mlp
+from ntkit.predict import gradient_descent_mse
 
 
 def _x(n=5, d=3):
@@ -28,14 +29,15 @@ def test_meta_tensors_are_refused():
     meta = torch.empty(5, 3, dtype=torch.float64, device="meta")
     with pytest.raises(ValueError, match="x1 is on the meta device"):
         mlp(1, 8).kernel(meta)
-    with pytest.raises(ValueError, match="K is on the meta device"):
+    with pytest.raises(ValueError, match="k_train_train is on the meta device"):
         spectrum(torch.empty(4, 4, device="meta"))
 
 
 def test_half_precision_kernels_never_reach_eigh():
     k = mlp(1, 8).kernel(_x()).ntk
     for dtype in (torch.float16, torch.bfloat16):
-        with pytest.raises(TypeError, match=rf"K is {dtype}, which has too few digits.*K\.float\(\)"):
+        too_few = rf"k_train_train is {dtype}, which has too few digits.*k_train_train\.float\(\)"
+        with pytest.raises(TypeError, match=too_few):
             spectrum(k.to(dtype))
         with pytest.raises(TypeError, match="too few digits"):
             gradient_descent_mse(k.to(dtype), torch.zeros(5, 1, dtype=dtype))

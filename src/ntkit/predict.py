@@ -1,7 +1,7 @@
-"""Closed-form predictions of gradient-descent training from kernels: the public `ntkit.predict` namespace.
+"""Closed-form predictions of gradient-descent training from kernels: the one home of ntkit's predictors.
 
-Re-exports from ntkit.dynamics (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models
-under gradient descent"; Jacot et al. 2018):
+Implemented in ntkit.dynamics' closed_form, ensemble and ode modules (Lee et al. 2019, "Wide neural networks
+of any depth evolve as linear models under gradient descent"; Jacot et al. 2018):
 - `gradient_descent_mse`: a network's outputs under squared-loss gradient descent at any time, given its NTK;
 - `gradient_descent_mse_ensemble`: mean and covariance over initialisations of infinitely wide networks;
 - `gp_inference`: the NNGP and NTK-GP posteriors (t = inf);

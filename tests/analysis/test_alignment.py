@@ -70,9 +70,9 @@ def test_accepts_a_precomputed_spectrum():
 
 def test_bad_labels_are_rejected():
     kernel = torch.eye(3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="y must have shape"):
+    with pytest.raises(ValueError, match="y_train must have shape"):
         label_alignment(kernel, torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="all zero"):
         label_alignment(kernel, torch.zeros(3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="y contains"):
+    with pytest.raises(ValueError, match="y_train contains"):
         label_alignment(kernel, torch.tensor([1.0, float("inf"), 0.0]))

@@ -78,7 +78,7 @@ def test_bad_arguments_are_named():
         generalization_bound(kernel, y, ridge=-1.0)
     with pytest.raises(TypeError, match="noise_variance"):
         generalization_bound(kernel, y, noise_variance="big")
-    with pytest.raises(ValueError, match="y must have shape"):
+    with pytest.raises(ValueError, match="y_train must have shape"):
         generalization_bound(kernel, torch.ones(3, dtype=torch.float64))
 
 

@@ -62,7 +62,7 @@ def test_discrete_steps_match_an_explicit_gradient_descent_loop():
         recorded.append(u.clone())
     times = torch.arange(21, dtype=torch.float64)
     result = eigen_convergence(
-        kernel, y, f0, times, learning_rate=eta, steps="discrete", measured=torch.stack(recorded)
+        kernel, y, f0, times, learning_rate=eta, discrete=True, measured=torch.stack(recorded)
     )
     torch.testing.assert_close(result.measured, result.predicted, rtol=1e-10, atol=1e-12)
 
@@ -88,19 +88,19 @@ def test_fitted_rates_need_a_measurement():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"f0": torch.zeros(4, dtype=torch.float64)}, "f0 must have the same shape"),
+        ({"fx_train_0": torch.zeros(4, dtype=torch.float64)}, r"fx_train_0 must have shape \(5,\)"),
         ({"t": [-1.0]}, "non-negative"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"reduction": "avg"}, "reduction"),
-        ({"steps": "euler"}, "steps"),
+        ({"y_train": torch.ones(4, dtype=torch.float64)}, r"y_train must have shape \(5,\)"),
         ({"measured": torch.zeros(3, 5, dtype=torch.float64)}, "measured must have shape"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
     arguments = {
-        "K": _kernel(),
-        "y": torch.ones(5, dtype=torch.float64),
-        "f0": torch.zeros(5, dtype=torch.float64),
+        "k_train_train": _kernel(),
+        "y_train": torch.ones(5, dtype=torch.float64),
+        "fx_train_0": torch.zeros(5, dtype=torch.float64),
         "t": [0.0, 1.0],
     }
     arguments.update(kwargs)
@@ -128,24 +128,24 @@ def test_fitted_rates_window_ignores_the_stalled_tail():
 
 def test_discrete_steps_are_checked_like_gradient_descent_mse():
     """Whole numbers of steps only, and the same divergence warning as gradient_descent_mse."""
-    from ntkit.dynamics import gradient_descent_mse
+    from ntkit.predict import gradient_descent_mse
 
     kernel = _kernel()
     y = torch.ones(5, dtype=torch.float64)
     f0 = torch.zeros(5, dtype=torch.float64)
     with pytest.raises(ValueError, match="whole numbers"):
-        eigen_convergence(kernel, y, f0, [0.0, 1.5], learning_rate=0.1, steps="discrete")
+        eigen_convergence(kernel, y, f0, [0.0, 1.5], learning_rate=0.1, discrete=True)
     lam_max = float(torch.linalg.eigvalsh(kernel)[-1])
     unstable = 2.5 * 5 / lam_max  # eta lambda_max / N = 2.5 > 2
     with pytest.warns(RuntimeWarning, match=r"largest stable rate [0-9.]+") as ours:
-        eigen_convergence(kernel, y, f0, [0.0, 3.0], learning_rate=unstable, steps="discrete")
+        eigen_convergence(kernel, y, f0, [0.0, 3.0], learning_rate=unstable, discrete=True)
     with pytest.warns(RuntimeWarning, match=r"largest stable rate") as theirs:
-        gradient_descent_mse(kernel, y, learning_rate=unstable, steps="discrete")
+        gradient_descent_mse(kernel, y, learning_rate=unstable, discrete=True)
     assert str(ours[0].message) == str(theirs[0].message)
     assert ours[0].filename == __file__  # the warning points at the caller
     # integer step counts are accepted, and continuous times may be fractional
-    whole = eigen_convergence(kernel, y, f0, torch.arange(3), learning_rate=0.1, steps="discrete")
-    torch.testing.assert_close(whole.times, torch.arange(3, dtype=torch.float64))
+    whole = eigen_convergence(kernel, y, f0, torch.arange(3), learning_rate=0.1, discrete=True)
+    torch.testing.assert_close(whole.t, torch.arange(3, dtype=torch.float64))
     eigen_convergence(kernel, y, f0, [0.0, 1.5], learning_rate=0.1)
 
 

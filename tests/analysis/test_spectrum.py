@@ -1,4 +1,5 @@
-"""Spectrum: known eigen-decompositions, caching, float64 on the input's device, and input checks."""
+"""Spectrum: known eigen-decompositions, no stale cache, float64 on the input's device, one ordering and one
+kernel check shared with the predictors, and input checks."""
 
 import math
 
@@ -123,3 +124,56 @@ def test_project_gives_eigen_coordinates():
 def test_bad_kernels_are_rejected_with_a_named_argument(kernel, error, match):
     with pytest.raises(error, match=match):
         spectrum(kernel)
+
+
+def test_predictors_and_analyses_share_one_spectrum_ordering_and_regularisation():
+    """The spectrum a predictor evolves with is the one analysis.spectrum gives: descending, same diag_reg rule."""
+    from ntkit.analysis import Spectrum, label_alignment
+    from ntkit.predict import gradient_descent_mse
+
+    values = [4.0, 2.0, 1.0, 0.5]
+    kernel, q = _hand_built(values, seed=3)
+    diag_reg = 0.1
+    # the documented rule, by hand: K + diag_reg * trace(K) / n * I shifts every eigenvalue by 0.1 * 7.5 / 4
+    expected = torch.tensor(values, dtype=torch.float64) + diag_reg * sum(values) / len(values)
+    predictor = gradient_descent_mse(kernel, torch.ones(4, dtype=torch.float64), diag_reg=diag_reg)
+    analysed = spectrum(kernel, diag_reg=diag_reg)
+    assert isinstance(predictor.spectrum, Spectrum)
+    for spec in (predictor.spectrum, analysed):
+        torch.testing.assert_close(spec.eigenvalues, expected, rtol=1e-12, atol=1e-12)
+        overlaps = (
+            (spec.eigenvectors * q).sum(dim=0).abs()
+        )  # column i is the built eigenvector i (up to sign)
+        torch.testing.assert_close(overlaps, torch.ones(4, dtype=torch.float64), rtol=1e-10, atol=1e-10)
+    y = q[:, 0] + 0.5 * q[:, 2]
+    shares = label_alignment(predictor.spectrum, y).shares
+    torch.testing.assert_close(
+        shares, torch.tensor([0.8, 0.0, 0.2, 0.0], dtype=torch.float64), atol=1e-12, rtol=0
+    )
+
+
+@pytest.mark.parametrize("relative", [1e-10, 1e-6])
+def test_one_kernel_check_accepts_and_refuses_alike(relative):
+    """Asymmetry of 1e-10 (tiled round-off) passes every entry point; 1e-6 (another kernel) fails every one."""
+    from ntkit.predict import gradient_descent_mse
+
+    kernel, _ = _hand_built([3.0, 2.0, 1.0])
+    kernel[0, 1] += relative * float(kernel.abs().max())
+    y = torch.ones(3, dtype=torch.float64)
+    calls = (lambda: spectrum(kernel), lambda: gradient_descent_mse(kernel, y))
+    for call in calls:
+        if relative < 1e-8:  # below sqrt(eps) = 1.5e-8 of float64
+            call()
+        else:
+            with pytest.raises(ValueError, match=r"k_train_train must be symmetric.*sqrt\(eps\)"):
+                call()
+
+
+def test_indefinite_kernel_warns_and_its_negative_eigenvalue_is_clipped():
+    kernel, _ = _hand_built([2.0, 1.0, -0.5])
+    with pytest.warns(RuntimeWarning, match="not positive semi-definite"):
+        spec = spectrum(kernel)
+    torch.testing.assert_close(
+        spec.eigenvalues, torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0
+    )
+    assert math.isinf(spec.condition_number) and spec.rank == 2

@@ -63,5 +63,5 @@ def test_kernel_drift_shrinks_with_width():
     # spread
     assert float(drift.mean[1]) < float(drift.mean[0]) / 4
     run = drift.runs[1][0]
-    assert run.steps.tolist() == [0, 30]  # by default the NTK is recorded at the start and the end only
+    assert run.t.tolist() == [0, 30]  # by default the NTK is recorded at the start and the end only
     torch.testing.assert_close(run.ntk_drift[-1].double(), drift.drift[1, 0], rtol=1e-12, atol=0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from ntkit.dynamics import gradient_descent_mse, max_learning_rate
+from ntkit.predict import gradient_descent_mse, max_learning_rate
 
 DT = torch.float64
 
@@ -67,7 +67,7 @@ def test_discrete_matches_explicit_steps(k, reduction):
     k_tt, k_st, y, f0, f0_test = _problem(k=k, seed=1)
     entries = y.numel() if reduction == "mean" else 1
     lr = 0.9 * max_learning_rate(k_tt, y_train_size=y.numel(), reduction=reduction)
-    predict = gradient_descent_mse(k_tt, y, learning_rate=lr, reduction=reduction, steps="discrete")
+    predict = gradient_descent_mse(k_tt, y, learning_rate=lr, reduction=reduction, discrete=True)
     u, v = f0.clone(), f0_test.clone()
     expected_train, expected_test = [u.clone()], [v.clone()]
     for _ in range(30):
@@ -85,8 +85,8 @@ def test_discrete_matches_explicit_steps(k, reduction):
 
 def test_limits_t_zero_and_infinity_are_init_and_kernel_regression():
     k_tt, k_st, y, f0, f0_test = _problem(k=2, seed=2)
-    for steps in ("continuous", "discrete"):
-        predict = gradient_descent_mse(k_tt, y, learning_rate=1.0, steps=steps)
+    for discrete in (False, True):
+        predict = gradient_descent_mse(k_tt, y, learning_rate=1.0, discrete=discrete)
         train0, test0 = predict(0, f0, f0_test, k_st)
         torch.testing.assert_close(train0, f0, rtol=0, atol=1e-13)
         torch.testing.assert_close(test0, f0_test, rtol=0, atol=1e-13)
@@ -193,10 +193,10 @@ def test_max_learning_rate_is_the_stability_edge():
             u = u - factor * bound / y.numel() * (k_tt @ (u - y))
         assert (float((u - y).norm()) < float((f0 - y).norm())) == shrinks
     with pytest.warns(RuntimeWarning, match=r"largest stable rate [0-9.]+"):
-        gradient_descent_mse(k_tt, y, learning_rate=1.02 * bound, steps="discrete")
+        gradient_descent_mse(k_tt, y, learning_rate=1.02 * bound, discrete=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        gradient_descent_mse(k_tt, y, learning_rate=0.98 * bound, steps="discrete")
+        gradient_descent_mse(k_tt, y, learning_rate=0.98 * bound, discrete=True)
         gradient_descent_mse(k_tt, y, learning_rate=10 * bound)  # gradient flow is stable at any rate
 
 
@@ -219,8 +219,8 @@ def test_bad_input_is_named():
         gradient_descent_mse(bad, y)
     with pytest.raises(ValueError, match="reduction"):
         gradient_descent_mse(k_tt, y, reduction="avg")
-    with pytest.raises(ValueError, match="steps"):
-        gradient_descent_mse(k_tt, y, steps="euler")
+    with pytest.raises(TypeError, match="discrete"):
+        gradient_descent_mse(k_tt, y, discrete="euler")
     with pytest.raises(ValueError, match="learning_rate"):
         gradient_descent_mse(k_tt, y, learning_rate=-1.0)
     with pytest.raises(TypeError, match="k_train_train"):
@@ -240,6 +240,6 @@ def test_bad_input_is_named():
         predict(1.0, f0, f0_test[:-1], k_st)
     with pytest.raises(ValueError, match="fx_test_0 was given without k_test_train"):
         predict(1.0, f0, f0_test)
-    discrete = gradient_descent_mse(k_tt, y, learning_rate=0.1, steps="discrete")
+    discrete = gradient_descent_mse(k_tt, y, learning_rate=0.1, discrete=True)
     with pytest.raises(ValueError, match="whole numbers"):
         discrete(2.5, f0)

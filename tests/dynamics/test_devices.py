@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntkit.dynamics import (
-    gp_inference,
-    gradient_descent,
-    gradient_descent_mse,
-    gradient_descent_mse_ensemble,
-    linearize,
-    train,
-)
+from ntkit.dynamics import linearize, train
+from ntkit.predict import gp_inference, gradient_descent, gradient_descent_mse, gradient_descent_mse_ensemble
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

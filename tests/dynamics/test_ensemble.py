@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from ntkit.dynamics import gp_inference, gradient_descent_mse_ensemble, max_learning_rate
+from ntkit.predict import gp_inference, gradient_descent_mse_ensemble, max_learning_rate
 
 DT = torch.float64
 
@@ -236,7 +236,7 @@ def test_ensemble_matches_monte_carlo_over_finite_networks(get):
     kernels = arch.kernel(x_train)
     matrix = kernels.nngp if get == "nngp" else kernels.ntk
     lr = 0.5 * max_learning_rate(matrix, y_train_size=y.numel())
-    predict = gradient_descent_mse_ensemble(arch, x_train, y, learning_rate=lr, steps="discrete")
+    predict = gradient_descent_mse_ensemble(arch, x_train, y, learning_rate=lr, discrete=True)
     expected = getattr(predict(steps, x_test, get=get, compute_cov=True), get)
     samples = _mc_trained_outputs(
         arch, x_train, y, x_test, count=count, lr=lr, steps=steps, last_layer_only=get == "nngp"

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from ntkit.dynamics import gradient_descent_mse, linearize, max_learning_rate, train
+from ntkit.dynamics import linearize, train
+from ntkit.predict import gradient_descent_mse, max_learning_rate
 
 DT = torch.float64
 
@@ -80,8 +81,8 @@ def test_linearized_training_matches_discrete_closed_form(reduction):
     result = train(
         lin, x[:7], y, learning_rate=lr, steps=40, reduction=reduction, x_test=x[7:], record_every=5
     )
-    predict = gradient_descent_mse(kernel[:7, :7], y, learning_rate=lr, reduction=reduction, steps="discrete")
-    train_pred, test_pred = predict(result.steps.to(DT), f0[:7], f0[7:], kernel[7:, :7])
+    predict = gradient_descent_mse(kernel[:7, :7], y, learning_rate=lr, reduction=reduction, discrete=True)
+    train_pred, test_pred = predict(result.t.to(DT), f0[:7], f0[7:], kernel[7:, :7])
     # 40 steps of float64 arithmetic on O(1) outputs: agreement to ~1e-13; 1e-10 is numerical precision.
     torch.testing.assert_close(result.train_outputs, train_pred, rtol=0, atol=1e-10)
     torch.testing.assert_close(result.test_outputs, test_pred, rtol=0, atol=1e-10)
@@ -102,7 +103,7 @@ def test_linearized_multi_output_with_frozen_hidden_layers_matches_closed_form()
     f0 = net(x).detach()
     lr = 0.8 * max_learning_rate(kernel[:6, :6], y_train_size=y.numel())
     result = train(linearize(net), x[:6], y, learning_rate=lr, steps=25, x_test=x[6:], record_every=5)
-    predict = gradient_descent_mse(kernel[:6, :6], y, learning_rate=lr, steps="discrete")
-    train_pred, test_pred = predict(result.steps.to(DT), f0[:6], f0[6:], kernel[6:, :6])
+    predict = gradient_descent_mse(kernel[:6, :6], y, learning_rate=lr, discrete=True)
+    train_pred, test_pred = predict(result.t.to(DT), f0[:6], f0[6:], kernel[6:, :6])
     torch.testing.assert_close(result.train_outputs, train_pred, rtol=0, atol=1e-10)
     torch.testing.assert_close(result.test_outputs, test_pred, rtol=0, atol=1e-10)

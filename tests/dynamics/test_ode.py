@@ -8,7 +8,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.special import softmax
 
-from ntkit.dynamics import gradient_descent, gradient_descent_mse
+from ntkit.predict import gradient_descent, gradient_descent_mse
 
 DT = torch.float64
 

@@ -71,7 +71,7 @@ def test_ensemble_falls_back_to_operators_when_nothing_fits(data, monkeypatch):
     predictor = ntkit.predict.gradient_descent_mse_ensemble(
         arch, x, y[:, 0], diag_reg=1e-3, memory_budget=2**16
     )
-    assert predictor.solver == "cg" and predictor.kernel_train_train is None
+    assert predictor.solver == "cg" and predictor.k_train_train is None
     out = predictor(None, xt, compute_cov=True)
     assert out.solver == "cg"
     for kind in ("nngp", "ntk"):

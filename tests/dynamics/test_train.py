@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ntkit.dynamics import gradient_descent_mse, linearize, max_learning_rate, train
+from ntkit.dynamics import linearize, train
+from ntkit.predict import gradient_descent_mse, max_learning_rate
 
 DT = torch.float64
 
@@ -42,8 +43,8 @@ def _relative_rmse_to_closed_form(width, seed, steps=100):
         f0 = net(x_all)[:, 0]
     lr = 0.5 * max_learning_rate(kernel[:n, :n], y_train_size=n)
     result = train(net, x_train, y, learning_rate=lr, steps=steps, x_test=x_test, record_every=10)
-    predict = gradient_descent_mse(kernel[:n, :n], y, learning_rate=lr, steps="discrete")
-    train_pred, test_pred = predict(result.steps.to(DT), f0[:n], f0[n:], kernel[n:, :n])
+    predict = gradient_descent_mse(kernel[:n, :n], y, learning_rate=lr, discrete=True)
+    train_pred, test_pred = predict(result.t.to(DT), f0[:n], f0[n:], kernel[n:, :n])
     trained = torch.cat([result.train_outputs, result.test_outputs], dim=1)
     predicted = torch.cat([train_pred, test_pred], dim=1)
     return float((trained - predicted).norm() / predicted.norm()), result
@@ -184,7 +185,7 @@ def test_record_schedule_loss_and_shapes():
     result = train(
         net, x_train, y, learning_rate=0.1, steps=7, record_every=3, x_test=x_test, reduction="sum"
     )
-    assert result.steps.tolist() == [0, 3, 6, 7]
+    assert result.t.tolist() == [0, 3, 6, 7]
     assert result.train_outputs.shape == (4, 5, 3) and result.test_outputs.shape == (4, 2, 3)
     torch.testing.assert_close(result.loss, 0.5 * ((result.train_outputs - y) ** 2).sum(dim=(1, 2)))
     torch.testing.assert_close(result.train_outputs[-1], net(x_train).detach())

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validation import as_float_tensor
-from .spectrum import Spectrum, _as_spectrum, _check_kernel
+from .._spectral import Spectrum, as_spectrum
+from .._validation import Array, check_labels
+from .._warnings import renamed_keywords
 
 __all__ = ["LabelAlignment", "label_alignment"]
 
@@ -34,7 +35,8 @@ class LabelAlignment:
         return 0.0 if count == 0 else float(self.cumulative[count - 1])
 
 
-def label_alignment(K: torch.Tensor | Spectrum, y: torch.Tensor) -> LabelAlignment:
+@renamed_keywords(K="k_train_train", y="y_train")
+def label_alignment(k_train_train: Array | Spectrum, y_train: Array) -> LabelAlignment:
     """The share of ||y||^2 along each eigen-direction of K, cumulative, and the kernel-target alignment.
 
     With K = sum_i lambda_i v_i v_i^T (lambda descending), y = sum_i (v_i . y) v_i and
@@ -50,21 +52,18 @@ def label_alignment(K: torch.Tensor | Spectrum, y: torch.Tensor) -> LabelAlignme
     and, for y of shape (n, k), tr(Y^T K Y) / (||K||_F ||Y Y^T||_F).
 
     Args:
-        K: the kernel on the training inputs (n, n), or its :func:`spectrum` (then the alignment is computed
-            from the eigen-decomposition, ||K||_F = ||lambda||_2).
-        y: targets, (n,) or (n, k), not all zero.
+        k_train_train: the kernel K on the training inputs (n, n), or its :func:`spectrum` (the alignment is
+            computed from the eigen-decomposition either way, ||K||_F = ||lambda||_2).
+        y_train: targets y, (n,) or (n, k), not all zero.
     """
-    spec = _as_spectrum(K if isinstance(K, Spectrum) else _check_kernel(K, "K"))
-    n = spec.eigenvalues.shape[0]
-    targets = as_float_tensor(y, "y", ndim=None)
-    if targets.ndim not in (1, 2) or targets.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match K, got {tuple(targets.shape)}")
+    spec = as_spectrum(k_train_train)
+    targets = check_labels(y_train, spec.eigenvalues.shape[0], "y_train", against="k_train_train")
     labels = targets.to(dtype=torch.float64, device=spec.eigenvectors.device)
     if labels.ndim == 1:
         labels = labels[:, None]
     energy = float((labels**2).sum())
     if energy == 0:
-        raise ValueError("y must not be all zero: its alignment with K is undefined")
+        raise ValueError("y_train must not be all zero: its alignment with K is undefined")
     coordinates = spec.project(labels)  # (n, k)
     per_direction = (coordinates**2).sum(dim=1)
     shares = per_direction / energy

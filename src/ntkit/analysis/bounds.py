@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validation import as_float_tensor, check_real
-from .spectrum import Spectrum, _as_spectrum, _check_kernel
+from .._spectral import Spectrum, as_spectrum
+from .._validation import Array, check_labels, check_real
+from .._warnings import renamed_keywords
 
 __all__ = ["ComplexityMeasures", "generalization_bound"]
 
@@ -46,9 +47,10 @@ class ComplexityMeasures:
         return dict(self.__dict__)
 
 
+@renamed_keywords(K="k_train_train", y="y_train")
 def generalization_bound(
-    K: torch.Tensor | Spectrum,
-    y: torch.Tensor,
+    k_train_train: Array | Spectrum,
+    y_train: Array,
     *,
     diag_reg: float = 0.0,
     ridge: float = 1e-2,
@@ -80,8 +82,8 @@ def generalization_bound(
       squared bias and variance of kernel ridge regression when y is the noise-free signal.
 
     Args:
-        K: the kernel on the training inputs (n, n), or its :func:`spectrum`.
-        y: targets, (n,) or (n, k).
+        k_train_train: the kernel K on the training inputs (n, n), or its :func:`spectrum`.
+        y_train: targets y, (n,) or (n, k).
         diag_reg: adds diag_reg * tr(K) / n to K's eigenvalues before inverting (0: the theory's exact
             inverse).
         ridge: the kernel-ridge regularization r, relative: r = ridge * tr(K) / n.
@@ -90,22 +92,18 @@ def generalization_bound(
     Raises:
         ValueError: when K (after diag_reg) is singular to working precision, with a hint to pass diag_reg.
     """
-    spec = _as_spectrum(K if isinstance(K, Spectrum) else _check_kernel(K, "K"))
+    spec = as_spectrum(k_train_train)
     n = spec.eigenvalues.shape[0]
-    targets = as_float_tensor(y, "y", ndim=None)
-    if targets.ndim not in (1, 2) or targets.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match K, got {tuple(targets.shape)}")
+    targets = check_labels(y_train, n, "y_train", against="k_train_train")
     diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
     ridge = check_real(ridge, "ridge", minimum=0.0)
     noise_variance = check_real(noise_variance, "noise_variance", minimum=0.0)
 
-    values = spec.eigenvalues
-    trace = float(values.sum())
-    if trace <= 0:
-        raise ValueError(f"K must be positive semi-definite with a positive trace, got tr(K) = {trace:.3g}")
-    shifted = values + diag_reg * trace / n
-    # eigenvalues below this are numerically zero: the inverse would amplify round-off, not signal
-    floor = n * torch.finfo(torch.float64).eps * float(values.abs().max())
+    values = spec.eigenvalues.to(torch.float64)  # >= 0: the spectrum's round-off ones are exactly 0
+    trace = spec.trace
+    shifted = values + diag_reg * trace / n  # the regularisation rule of the predictors, on the eigenvalues
+    # the spectrum's rank cutoff: below it the inverse would amplify round-off, not signal
+    floor = n * torch.finfo(spec.eigenvalues.dtype).eps * spec.largest
     if float(shifted.min()) <= floor:
         raise ValueError(
             f"K is singular to working precision (smallest eigenvalue {float(values.min()):.3g}, "
@@ -119,11 +117,10 @@ def generalization_bound(
     bound = math.sqrt(2.0 * norm * trace) / n
 
     absolute_ridge = ridge * trace / n
-    clipped = values.clamp_min(0.0)
     if absolute_ridge > 0:
-        smoother = clipped / (clipped + absolute_ridge)
+        smoother = values / (values + absolute_ridge)
     else:
-        smoother = (clipped > floor).to(torch.float64)
+        smoother = (~spec.null).to(torch.float64)
     effective_dimension = float(smoother.sum())
     bias = float(((1.0 - smoother) ** 2 * coordinates_sq).sum()) / n
     variance = noise_variance * float((smoother**2).sum()) / n

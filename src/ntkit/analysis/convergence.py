@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .._validation import as_float_tensor, check_choice, check_real
-from ..dynamics._spectral import REDUCTIONS, STEP_KINDS, as_times, label_entries, warn_unstable_rate
-from .spectrum import Spectrum, _as_spectrum, _check_kernel
+from .._loss import REDUCTIONS, label_entries
+from .._spectral import Spectrum, as_spectrum, warn_unstable_rate
+from .._validation import (
+    Array,
+    Outputs,
+    Times,
+    as_float_tensor,
+    check_bool,
+    check_choice,
+    check_labels,
+    check_outputs,
+    check_real,
+    check_times,
+)
+from .._warnings import STEPS_TO_DISCRETE, deprecated_alias, renamed_keywords
 
 __all__ = ["EigenConvergence", "eigen_convergence"]
 
@@ -21,7 +32,7 @@ class EigenConvergence:
     Attributes:
         eigenvalues: (n,) float64, descending, on K's device.
         rates: (n,) float64, eta * lambda_i / N: the predicted exponential decay rate per step along v_i.
-        times: (T,) the times t (in gradient steps) at which the residuals are given.
+        t: (T,) the times t (in gradient steps) at which the residuals are given (formerly `times`).
         initial: (n,) or (n, k), the residual v_i . (u(0) - y) at t = 0.
         predicted: (T, n) or (T, n, k), the closed-form residual at each time.
         measured: same shape as ``predicted``, the projection of a recorded trajectory, or None.
@@ -29,10 +40,12 @@ class EigenConvergence:
 
     eigenvalues: torch.Tensor
     rates: torch.Tensor
-    times: torch.Tensor
+    t: torch.Tensor
     initial: torch.Tensor
     predicted: torch.Tensor
     measured: torch.Tensor | None
+
+    times = deprecated_alias("t", "times", "EigenConvergence")
 
     def fitted_rates(
         self, which: str = "measured", *, floor: float = 1e-8, window: float = 0.0
@@ -61,7 +74,7 @@ class EigenConvergence:
 
         norms = magnitude(residuals)
         predicted = magnitude(self.predicted).to(norms.device)
-        times = self.times.to(device=norms.device, dtype=torch.float64)
+        times = self.t.to(device=norms.device, dtype=torch.float64)
         rates = torch.full((norms.shape[1],), float("nan"), dtype=torch.float64, device=norms.device)
         for i in range(norms.shape[1]):
             column = norms[:, i]
@@ -79,16 +92,17 @@ class EigenConvergence:
         return rates
 
 
+@renamed_keywords(K="k_train_train", y="y_train", f0="fx_train_0", steps=STEPS_TO_DISCRETE)
 def eigen_convergence(
-    K: torch.Tensor | Spectrum,
-    y: torch.Tensor,
-    f0: torch.Tensor,
-    t: Sequence[float] | torch.Tensor,
+    k_train_train: Array | Spectrum,
+    y_train: Array,
+    fx_train_0: Outputs,
+    t: Times,
     *,
     learning_rate: float = 1.0,
     reduction: str = "mean",
-    steps: str = "continuous",
-    measured: torch.Tensor | None = None,
+    discrete: bool = False,
+    measured: Array | None = None,
 ) -> EigenConvergence:
     """Residual of kernel gradient descent along each eigenvector of K, predicted in closed form and measured.
 
@@ -99,40 +113,36 @@ def eigen_convergence(
         v_i . (u(t) - y) = exp(-eta lambda_i t / N) v_i . (u(0) - y)
 
     with N the number of label entries for reduction="mean" and N = 1 for "sum" (the conventions of
-    docs/architecture.md), and (1 - eta lambda_i / N)^t in place of the exponential for steps="discrete"
+    docs/architecture.md), and (1 - eta lambda_i / N)^t in place of the exponential for discrete=True
     (plain gradient descent). Directions of large eigenvalue are learned first (Arora et al. 2019, Section 4).
+    The decay factors are those of :func:`ntkit.predict.gradient_descent_mse` (`Spectrum.decay`).
 
     Args:
-        K: the kernel on the training inputs (n, n), or its :func:`spectrum`.
-        y: targets, (n,) or (n, k).
-        f0: the outputs u(0) at t = 0, same shape as y.
+        k_train_train: the kernel K on the training inputs (n, n), or its :func:`spectrum`.
+        y_train: targets y, (n,) or (n, k).
+        fx_train_0: the outputs u(0) at t = 0, shaped like y_train (a number is broadcast).
         t: the times (in gradient steps) to evaluate, shape (T,): finite, >= 0, and whole numbers for
-            steps="discrete" (checked as in :func:`ntkit.dynamics.gradient_descent_mse`).
-        learning_rate: eta. With steps="discrete", a RuntimeWarning says when it is at or above the stable
+            discrete=True (checked as in :func:`ntkit.predict.gradient_descent_mse`).
+        learning_rate: eta. With discrete=True, a RuntimeWarning says when it is at or above the stable
             bound 2 N / lambda_max (the predicted residuals then oscillate and grow).
         reduction: "mean" or "sum", as in the loss being trained.
-        steps: "continuous" (gradient flow) or "discrete" (gradient descent with step eta).
+        discrete: False for gradient flow, True for gradient descent with step eta.
         measured: optional recorded outputs u(t) of a real run at the same times, shape (T, n) or (T, n, k);
             their residuals are projected on the same eigenvectors.
 
     Returns:
         An :class:`EigenConvergence`; ``predicted`` and ``measured`` keep y's dtype and are on K's device.
     """
-    spec = _as_spectrum(K if isinstance(K, Spectrum) else _check_kernel(K, "K"))
+    spec = as_spectrum(k_train_train)
     n = spec.eigenvalues.shape[0]
-    targets = as_float_tensor(y, "y", ndim=None)
-    if targets.ndim not in (1, 2) or targets.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match K, got {tuple(targets.shape)}")
-    initial_outputs = as_float_tensor(f0, "f0", ndim=None)
-    if initial_outputs.shape != targets.shape:
-        raise ValueError(
-            f"f0 must have the same shape as y {tuple(targets.shape)}, got {tuple(initial_outputs.shape)}"
-        )
+    targets = check_labels(y_train, n, "y_train", against="k_train_train")
+    was_1d = targets.ndim == 1
+    columns = 1 if was_1d else targets.shape[1]
+    initial_outputs = check_outputs(fx_train_0, n, columns, was_1d, "fx_train_0", like=targets)
     eta = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
     check_choice(reduction, "reduction", REDUCTIONS)
-    discrete = check_choice(steps, "steps", STEP_KINDS) == "discrete"
-    # the checks of gradient_descent_mse: >= 0, and whole numbers of steps when discrete
-    times, _ = as_times(t, "t", discrete=discrete, like=spec.eigenvalues)
+    discrete = check_bool(discrete, "discrete")
+    times, _ = check_times(t, "t", discrete=discrete, like=spec.eigenvalues)
     if not bool(torch.isfinite(times).all()):
         raise ValueError("t must hold finite, non-negative times (a measured run has no t = inf)")
     if measured is not None:
@@ -146,18 +156,15 @@ def eigen_convergence(
 
     entries = label_entries(targets, reduction)
     rates = eta * spec.eigenvalues / entries
-    lam_max = float(spec.eigenvalues.max())
     # warns as gradient_descent_mse does when (1 - eta lambda_max / N)^t diverges
-    if discrete and lam_max > 0:
-        warn_unstable_rate(eta, entries, lam_max, stacklevel=2)
-    initial = spec.project(initial_outputs.to(torch.float64) - targets.to(torch.float64))
     if discrete:
-        decay = (1.0 - rates[None, :]) ** times[:, None]
-    else:
-        decay = torch.exp(-rates[None, :] * times[:, None])
-    if targets.ndim == 2:
-        decay = decay[:, :, None]
-    predicted = decay * initial[None]
+        warn_unstable_rate(eta, entries, spec.largest, "k_train_train")
+    columns_y = (targets[:, None] if was_1d else targets).to(torch.float64)
+    initial = spec.project(initial_outputs.to(torch.float64) - columns_y)  # (n, k) in the eigenbasis
+    decay, _ = spec.decay(times, eta / entries, discrete)  # (T, n)
+    predicted = decay[:, :, None] * initial[None]
+    if was_1d:
+        initial, predicted = initial[:, 0], predicted[..., 0]
     measured_residuals = None
     if measured is not None:
         shift = targets.to(dtype=torch.float64, device=spec.eigenvectors.device)
@@ -169,7 +176,7 @@ def eigen_convergence(
     return EigenConvergence(
         eigenvalues=spec.eigenvalues,
         rates=rates,
-        times=times,
+        t=times,
         initial=initial.to(targets.dtype),
         predicted=predicted.to(targets.dtype),
         measured=measured_residuals,

@@ -5,12 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import as_float_tensor, check_choice, check_int, check_real
+from .._loss import REDUCTIONS
+from .._validation import (
+    Architecture,
+    Array,
+    as_float_tensor,
+    check_choice,
+    check_int,
+    check_labels,
+    check_real,
+)
 
 if TYPE_CHECKING:  # imported for the annotation only: ntkit.dynamics imports nothing from here
     from ..dynamics.training import TrainingResult
@@ -56,7 +65,7 @@ def _width_list(widths: Sequence[int]) -> list[int]:
     return widths
 
 
-def _architecture(arch: Callable[[int], Any], width: int) -> Any:
+def _architecture(arch: Callable[[int], Architecture], width: int) -> Architecture:
     if not callable(arch):
         raise TypeError(
             "arch must be a function from a width to an architecture, e.g. lambda m: ntkit.layers.mlp(2, m), "
@@ -98,8 +107,8 @@ class WidthStudy:
 
 
 def width_study(
-    arch: Callable[[int], Any],
-    x: torch.Tensor,
+    arch: Callable[[int], Architecture],
+    x: Array,
     widths: Sequence[int],
     seeds: int | Sequence[int] = 3,
     *,
@@ -175,16 +184,16 @@ class KernelDrift:
 
 
 def kernel_drift(
-    arch: Callable[[int], Any],
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
+    arch: Callable[[int], Architecture],
+    x_train: Array,
+    y_train: Array,
     widths: Sequence[int],
     seeds: int | Sequence[int] = 1,
     *,
     learning_rate: float = 1.0,
     steps: int = 1000,
     reduction: str = "mean",
-    x_test: torch.Tensor | None = None,
+    x_test: Array | None = None,
     record_every: int | None = None,
     progress: bool | None = None,
 ) -> KernelDrift:
@@ -212,17 +221,12 @@ def kernel_drift(
     from ..dynamics import train
 
     inputs = as_float_tensor(x_train, "x_train")
-    targets = as_float_tensor(y_train, "y_train", ndim=None, like=inputs)
-    if targets.ndim not in (1, 2) or targets.shape[0] != inputs.shape[0]:
-        raise ValueError(
-            f"y_train must have shape ({inputs.shape[0]},) or ({inputs.shape[0]}, k), got "
-            f"{tuple(targets.shape)}"
-        )
+    targets = check_labels(y_train, inputs.shape[0], "y_train", like=inputs, against="x_train")
     widths = _width_list(widths)
     seeds = _seed_list(seeds, "seeds")
     check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
     steps = check_int(steps, "steps", minimum=1)
-    check_choice(reduction, "reduction", ("mean", "sum"))
+    check_choice(reduction, "reduction", REDUCTIONS)
     every = steps if record_every is None else check_int(record_every, "record_every", minimum=1)
     drift = torch.zeros(len(widths), len(seeds), dtype=torch.float64)
     runs: list[list[TrainingResult]] = []
@@ -256,12 +260,9 @@ def kernel_drift(
     return KernelDrift(widths, seeds, drift, mean, std, slope, intercept, runs)
 
 
-def _final_drift(result: Any) -> float:
+def _final_drift(result: TrainingResult) -> float:
     """The relative NTK change at the end of a tracked training run."""
-    values = result.ntk_drift
-    if isinstance(values, torch.Tensor):
-        return float(values.reshape(-1)[-1])
-    return float(list(values)[-1])
+    return float(result.ntk_drift.reshape(-1)[-1])
 
 
 def _quiet(progress: bool | None) -> bool | None:

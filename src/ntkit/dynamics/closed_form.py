@@ -11,8 +11,8 @@ with learning rate eta has, with T = T(X, X) its NTK on the training points,
     f_t(X) = y + exp(-eta T t / N) (f_0(X) - y)
     f_t(x) = f_0(x) + T(x, X) T^-1 (I - exp(-eta T t / N)) (y - f_0(X))
 
-for gradient flow (steps="continuous"), and the same with exp(-eta T t / N) replaced by (I - eta T / N)**t for
-plain gradient-descent steps (steps="discrete"). Time convention: t counts gradient steps of size eta in both
+for gradient flow (discrete=False), and the same with exp(-eta T t / N) replaced by (I - eta T / N)**t for
+plain gradient-descent steps (discrete=True). Time convention: t counts gradient steps of size eta in both
 cases, so a real run of s steps is compared with t = s (exactly for discrete steps; as its gradient-flow
 limit for continuous ones). t = inf is kernel regression. With k outputs the kernel acts as T (x) I_k: each
 output column evolves independently with the same T.
@@ -20,30 +20,32 @@ output column evolves independently with the same T.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .._validation import check_choice, check_int, check_real
-from . import _scalable
-from ._spectral import (
-    REDUCTIONS,
-    STEP_KINDS,
-    Spectrum,
-    as_times,
+from .._loss import REDUCTIONS, label_entries
+from .._spectral import Spectrum, decompose, shifted, warn_conditioning, warn_unstable_rate
+from .._validation import (
+    Array,
+    Outputs,
+    Times,
+    check_bool,
+    check_choice,
+    check_int,
+    check_kernel,
     check_labels,
     check_outputs,
-    check_test_inputs,
-    check_train_kernel,
-    label_entries,
-    warn_unstable_rate,
+    check_real,
+    check_times,
 )
+from .._warnings import DISCRETE_TO_STEPS, STEPS_TO_DISCRETE, deprecated_alias, renamed_keywords
+from . import _scalable
+from ._inputs import check_test_inputs
 
 __all__ = ["MSEPredictor", "gradient_descent_mse", "max_learning_rate"]
 
 
 def max_learning_rate(
-    k_train_train: torch.Tensor,
+    k_train_train: Array,
     *,
     y_train_size: int | None = None,
     reduction: str = "mean",
@@ -63,13 +65,12 @@ def max_learning_rate(
     """
     check_choice(reduction, "reduction", REDUCTIONS)
     diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
-    k = check_train_kernel(k_train_train)
+    k = check_kernel(k_train_train, "k_train_train")
     n = k.shape[0]
     entries = n if y_train_size is None else check_int(y_train_size, "y_train_size", minimum=n)
     if reduction == "sum":
         entries = 1
-    if diag_reg:
-        k = k + diag_reg * float(torch.diagonal(k).sum()) / n * torch.eye(n, dtype=k.dtype, device=k.device)
+    k, _ = shifted(k, diag_reg)
     lam_max = float(torch.linalg.eigvalsh(k)[-1])
     if not lam_max > 0:
         raise ValueError(f"k_train_train has no positive eigenvalue (largest {lam_max:.3g})")
@@ -80,57 +81,73 @@ class MSEPredictor:
     """Outputs of squared-loss gradient descent at any time t, from one cached eigendecomposition of T.
 
     Made by `gradient_descent_mse`; call it as `predict(t, fx_train_0, fx_test_0=None, k_test_train=None)`.
-    Attributes: `eigenvalues`, `eigenvectors` (of the regularised T, round-off eigenvalues set to 0),
-    `max_learning_rate` (2 N / lam_max, the discrete-step stability bound), `learning_rate`, `reduction`,
-    `steps`, `label_entries` (N), `solver` (the route taken: "eigh", or "cholesky"/"cg" for t = inf only; then
-    the spectral attributes are None).
+    Attributes: `spectrum` (the `ntkit.analysis.Spectrum` of the regularised T: eigenvalues descending,
+    round-off ones set to 0; `eigenvalues` and `eigenvectors` are its), `max_learning_rate` (2 N / lam_max,
+    the discrete-step stability bound), `learning_rate`, `reduction`, `discrete`, `label_entries` (N),
+    `solver` (the route taken: "eigh", or "cholesky"/"cg" for t = inf only; then `spectrum` and the
+    attributes drawn from it are None).
     """
 
+    @renamed_keywords(steps=STEPS_TO_DISCRETE)
     def __init__(
         self,
-        k_train_train: Any,
-        y_train: Any,
+        k_train_train: Array,
+        y_train: Array,
         *,
         learning_rate: float,
         diag_reg: float,
         reduction: str,
-        steps: str,
+        discrete: bool,
         solver: str = "auto",
     ) -> None:
         self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
-        self.steps = check_choice(steps, "steps", STEP_KINDS)
+        self.discrete = check_bool(discrete, "discrete")
         self.learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
         self.diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
-        k = check_train_kernel(k_train_train, "k_train_train")
-        self._y, self._y_was_1d = check_labels(y_train, k.shape[0], "y_train", like=k)
+        k = check_kernel(k_train_train, "k_train_train")
+        y = check_labels(y_train, k.shape[0], "y_train", like=k, against="k_train_train")
+        self._y_was_1d = y.ndim == 1
+        self._y = y[:, None] if self._y_was_1d else y
         self._like = k
         self.label_entries = label_entries(self._y, self.reduction)
         self._rate = self.learning_rate / self.label_entries
         n = k.shape[0]
         self.solver = _scalable.choose(solver, n, k.dtype, k.device, 0, "gradient_descent_mse")
+        self.spectrum: Spectrum | None = None
+        self.max_learning_rate: float | None = None
         if self.solver != "eigh":
             # t = inf only: kernel regression by a solve (the eigendecomposition does not fit, or was declined)
-            self.eigenvalues = self.eigenvectors = self.max_learning_rate = None
             return
-        self._spectrum = Spectrum(k, self.diag_reg, "k_train_train")
-        self.eigenvalues = self._spectrum.eigenvalues
-        self.eigenvectors = self._spectrum.eigenvectors
-        self.max_learning_rate = self._spectrum.max_learning_rate(self.label_entries)
-        if self.steps == "discrete":
-            warn_unstable_rate(self.learning_rate, self.label_entries, self._spectrum.lam_max, stacklevel=3)
+        self.spectrum = decompose(k, diag_reg=self.diag_reg, name="k_train_train")
+        warn_conditioning(self.spectrum, "k_train_train")
+        self.max_learning_rate = self.spectrum.max_learning_rate(self.label_entries)
+        if self.discrete:
+            warn_unstable_rate(self.learning_rate, self.label_entries, self.spectrum.largest, "k_train_train")
+
+    @property
+    def eigenvalues(self) -> torch.Tensor | None:
+        """`spectrum.eigenvalues`: those of the regularised T, descending (None without the eigendecomposition)."""
+        return None if self.spectrum is None else self.spectrum.eigenvalues
+
+    @property
+    def eigenvectors(self) -> torch.Tensor | None:
+        """`spectrum.eigenvectors`, column i for `eigenvalues[i]`."""
+        return None if self.spectrum is None else self.spectrum.eigenvectors
+
+    steps = deprecated_alias("discrete", "steps", "MSEPredictor", DISCRETE_TO_STEPS)
 
     def __call__(
         self,
-        t: Any = None,
-        fx_train_0: Any = 0.0,
-        fx_test_0: Any = None,
-        k_test_train: Any = None,
+        t: Times = None,
+        fx_train_0: Outputs = 0.0,
+        fx_test_0: Outputs | None = None,
+        k_test_train: Array | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Train outputs at time(s) t, or (train, test) outputs when `k_test_train` is given.
 
         Args:
             t: a number of steps (scalar), a 1-D tensor of them (the results get a leading time axis), or
-                None / inf for kernel regression. Must be >= 0, and whole numbers when steps="discrete".
+                None / inf for kernel regression. Must be >= 0, and whole numbers when discrete=True.
             fx_train_0: the outputs at initialisation on the training points, shaped like y_train (a number is
                 broadcast; 0 is the usual choice for an ensemble-mean prediction).
             fx_test_0: initial outputs on the test points, (m,) or (m, k); default 0.
@@ -138,11 +155,11 @@ class MSEPredictor:
         """
         like = self._like
         n, outputs = self._y.shape
-        times, scalar = as_times(t, "t", discrete=self.steps == "discrete", like=like)
+        times, scalar = check_times(t, "t", discrete=self.discrete, like=like)
         f0 = check_outputs(fx_train_0, n, outputs, self._y_was_1d, "fx_train_0", like)
         k_cross, f0_test = check_test_inputs(k_test_train, fx_test_0, n, outputs, self._y_was_1d, like)
 
-        if self.solver != "eigh":
+        if self.spectrum is None:
             _scalable.require_infinite(times, self.solver)
             coef = _scalable.solve(like, self._y - f0, self.diag_reg, self.solver)
             # t = inf on the training points: the (regularised, positive-definite) dynamics reach y exactly
@@ -151,8 +168,8 @@ class MSEPredictor:
                 return train
             test = f0_test + k_cross @ coef
             return train, self._shape(test.expand(times.numel(), *test.shape), scalar)
-        g, h = self._spectrum.decay(times, self._rate, self.steps == "discrete")
-        v = self.eigenvectors
+        g, h = self.spectrum.decay(times, self._rate, self.discrete)
+        v = self.spectrum.eigenvectors
         residual = v.T @ (f0 - self._y)  # (n, k) in the eigenbasis
         train = self._y + _apply_modes(v, g, residual)
         train = self._shape(train, scalar)
@@ -177,14 +194,15 @@ def _apply_modes(left: torch.Tensor, weights: torch.Tensor, coefficients: torch.
     return out.reshape(left.shape[0], count, k).permute(1, 0, 2)
 
 
+@renamed_keywords(steps=STEPS_TO_DISCRETE)
 def gradient_descent_mse(
-    k_train_train: torch.Tensor,
-    y_train: torch.Tensor,
+    k_train_train: Array,
+    y_train: Array,
     *,
     learning_rate: float = 1.0,
     diag_reg: float = 0.0,
     reduction: str = "mean",
-    steps: str = "continuous",
+    discrete: bool = False,
     solver: str = "auto",
 ) -> MSEPredictor:
     """Closed-form outputs of squared-loss gradient descent with NTK `k_train_train` (Lee et al. 2019, eq. 9).
@@ -200,7 +218,8 @@ def gradient_descent_mse(
         learning_rate: eta.
         diag_reg: adds diag_reg * trace(T) / n to T's diagonal; use it for singular kernels (duplicates).
         reduction: "mean" (loss 1/(2N) sum of squares over N = y.numel() entries) or "sum" (1/2 sum).
-        steps: "continuous" (gradient flow, exp(-eta T t / N)) or "discrete" ((I - eta T / N)**t).
+        discrete: False for gradient flow (exp(-eta T t / N)), True for plain gradient-descent steps
+            ((I - eta T / N)**t; t must then be whole numbers). Formerly steps="continuous" / "discrete".
         solver: "auto" (the eigendecomposition when it fits in memory, else t = inf only, by Cholesky or
             preconditioned CG from `ntkit.linalg`), "eigh", "cholesky" or "cg"; the route taken is the
             predictor's `solver` attribute. Without "eigh", only t = inf (kernel regression) can be predicted.
@@ -210,7 +229,7 @@ def gradient_descent_mse(
 
     Warns:
         RuntimeWarning when T is singular or ill-conditioned to working precision (use diag_reg), and when
-        steps="discrete" and learning_rate is at or above the stable bound 2 N / lam_max (which it states).
+        discrete=True and learning_rate is at or above the stable bound 2 N / lam_max (which it states).
     """
     return MSEPredictor(
         k_train_train,
@@ -218,6 +237,6 @@ def gradient_descent_mse(
         learning_rate=learning_rate,
         diag_reg=diag_reg,
         reduction=reduction,
-        steps=steps,
+        discrete=discrete,
         solver=solver,
     )

@@ -20,27 +20,35 @@ kernel that is inverted and exponentiated (T(X, X), or K(X, X) for "nngp"), as i
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
 
 from .. import linalg
-from .._validation import as_float_tensor, check_choice, check_pair, check_real
-from . import _scalable
-from ._spectral import (
-    REDUCTIONS,
-    STEP_KINDS,
-    Spectrum,
-    as_times,
+from .._loss import REDUCTIONS, label_entries
+from .._spectral import Spectrum, decompose, warn_conditioning, warn_unstable_rate
+from .._validation import (
+    Array,
+    HasKernel,
+    Times,
+    as_float_tensor,
+    check_bool,
+    check_choice,
     check_cross_kernel,
+    check_kernel,
     check_labels,
-    check_train_kernel,
-    label_entries,
+    check_pair,
+    check_real,
+    check_times,
 )
+from .._warnings import STEPS_TO_DISCRETE, deprecated_alias, renamed_keywords
+from . import _scalable
+
+if TYPE_CHECKING:
+    from ..layers import Kernel
 
 __all__ = [
     "EnsemblePrediction",
@@ -51,6 +59,8 @@ __all__ = [
 ]
 
 KINDS = ("nngp", "ntk")
+KernelPair: TypeAlias = "Kernel | Mapping[str, Array]"
+"""Kernel matrices by kind: an `ntkit.layers.Kernel` (`.nngp`, `.ntk`) or a dict with those keys."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +94,19 @@ def _requested(get: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _kernel(arch: Any, x1: Any, x2: Any, get: Any, memory_budget: int | None) -> Any:
+def _kernel(
+    arch: HasKernel,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    get: str | Sequence[str],
+    memory_budget: int | None,
+) -> Kernel:
     """arch.kernel(x1, x2, get=...), passing memory_budget only when one is set (any `.kernel` works)."""
     extra = {} if memory_budget is None else {"memory_budget": memory_budget}
     return arch.kernel(x1, x2, get=get, **extra)
 
 
-def _kernel_part(kernel: Any, kind: str, name: str) -> Any:
+def _kernel_part(kernel: KernelPair, kind: str, name: str) -> Array:
     """kernel.nngp / kernel.ntk of a `ntkit.layers.Kernel` (or a mapping with those keys)."""
     value = kernel.get(kind) if isinstance(kernel, dict) else getattr(kernel, kind, None)
     if value is None:
@@ -111,7 +127,7 @@ class _EnsembleCore:
         learning_rate: float,
         diag_reg: float,
         reduction: str,
-        steps: str,
+        discrete: bool,
     ) -> None:
         self.k_train = k_train
         self.t_train = t_train
@@ -120,23 +136,19 @@ class _EnsembleCore:
         self.learning_rate = learning_rate
         self.diag_reg = diag_reg
         self.reduction = reduction
-        self.steps = steps
+        self.discrete = discrete
         self.rate = learning_rate / label_entries(y, reduction)
         self._spectra: dict[str, Spectrum] = {}
 
     def spectrum(self, kind: str) -> Spectrum:
         if kind not in self._spectra:
             matrix = self.k_train if kind == "nngp" else self.t_train
-            spectrum = Spectrum(matrix, self.diag_reg, f"the training {kind.upper()} kernel")
-            bound = spectrum.max_learning_rate(label_entries(self.y, self.reduction))
-            if self.steps == "discrete" and self.learning_rate >= bound:
-                warnings.warn(
-                    f"learning_rate={self.learning_rate:.6g} is at or above the largest stable rate "
-                    f"{bound:.6g} (2 N / lam_max of the {kind.upper()} kernel) of discrete steps: the "
-                    f"prediction diverges",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+            name = f"the training {kind.upper()} kernel"
+            spectrum = decompose(matrix, diag_reg=self.diag_reg, name=name)
+            warn_conditioning(spectrum, name)
+            if self.discrete:
+                entries = label_entries(self.y, self.reduction)
+                warn_unstable_rate(self.learning_rate, entries, spectrum.largest, name)
             self._spectra[kind] = spectrum
         return self._spectra[kind]
 
@@ -151,7 +163,7 @@ class _EnsembleCore:
     ) -> Gaussian:
         """`cross_train` is T(x, X) (or K(x, X) for "nngp"); `cross_nngp` is K(x, X)."""
         spectrum = self.spectrum(kind)
-        _, h = spectrum.decay(times, self.rate, self.steps == "discrete")
+        _, h = spectrum.decay(times, self.rate, self.discrete)
         v = spectrum.eigenvectors
         left = cross_train @ v  # (m, n)
         a = (left[None, :, :] * h[:, None, :]) @ v.T  # A_t, (T, m, n)
@@ -173,20 +185,24 @@ class EnsemblePredictor:
     """Mean and covariance of infinitely wide networks of one architecture trained on (x_train, y_train).
 
     Made by `gradient_descent_mse_ensemble`; call it as `predict(t=None, x_test=None, get=("nngp", "ntk"),
-    compute_cov=False)`. The training kernels are computed once (attribute `kernel_train_train`) and each
-    kind's eigendecomposition on first use.
+    compute_cov=False)`. The training kernels are computed once (attribute `k_train_train`, an
+    `ntkit.layers.Kernel`; None when even they do not fit and blocks are computed on the fly) and each kind's
+    eigendecomposition on first use.
     """
 
+    kernel_train_train = deprecated_alias("k_train_train", "kernel_train_train", "EnsemblePredictor")
+
+    @renamed_keywords(steps=STEPS_TO_DISCRETE)
     def __init__(
         self,
-        arch: Any,
-        x_train: Any,
-        y_train: Any,
+        arch: HasKernel,
+        x_train: Array,
+        y_train: Array,
         *,
         learning_rate: float,
         diag_reg: float,
         reduction: str,
-        steps: str,
+        discrete: bool,
         solver: str = "auto",
         memory_budget: int | None = None,
     ) -> None:
@@ -196,12 +212,15 @@ class EnsemblePredictor:
                 f"got {type(arch).__name__}"
             )
         reduction = check_choice(reduction, "reduction", REDUCTIONS)
-        steps = check_choice(steps, "steps", STEP_KINDS)
+        discrete = check_bool(discrete, "discrete")
         learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
         diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
         self.arch = arch
         self.x_train = as_float_tensor(x_train, "x_train")
-        y, y_was_1d = check_labels(y_train, self.x_train.shape[0], "y_train", like=self.x_train)
+        y = check_labels(y_train, self.x_train.shape[0], "y_train", like=self.x_train, against="x_train")
+        y_was_1d = y.ndim == 1
+        y = y[:, None] if y_was_1d else y
+        self.discrete = discrete
         self.memory_budget = memory_budget
         n, x = self.x_train.shape[0], self.x_train
         self.solver = _scalable.choose(solver, n, x.dtype, x.device, 2, "gradient_descent_mse_ensemble")
@@ -209,27 +228,27 @@ class EnsemblePredictor:
         if self.solver != "eigh":
             self._y, self._y_was_1d = y, y_was_1d
             if linalg.dense_fits(n, x.dtype, x.device, 2.5):
-                self.kernel_train_train = _kernel(arch, x, None, KINDS, memory_budget)
-                self._ops = {kind: getattr(self.kernel_train_train, kind) for kind in KINDS}
+                self.k_train_train = _kernel(arch, x, None, KINDS, memory_budget)
+                self._ops = {kind: getattr(self.k_train_train, kind) for kind in KINDS}
             else:  # not even the kernels fit: operators computing blocks on the fly
-                self.kernel_train_train = None
+                self.k_train_train = None
                 self._ops = {
                     kind: linalg.ArchKernel(arch, x, get=kind, memory_budget=memory_budget) for kind in KINDS
                 }
             self._core = None
             return
-        self.kernel_train_train = _kernel(arch, self.x_train, None, KINDS, memory_budget)
-        k_train = check_train_kernel(self.kernel_train_train.nngp, "the training NNGP kernel")
-        t_train = check_train_kernel(self.kernel_train_train.ntk, "the training NTK")
+        self.k_train_train = _kernel(arch, self.x_train, None, KINDS, memory_budget)
+        k_train = check_kernel(self.k_train_train.nngp, "the training NNGP kernel")
+        t_train = check_kernel(self.k_train_train.ntk, "the training NTK")
         self._core = _EnsembleCore(
             k_train, t_train, y, y_was_1d,
-            learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, steps=steps,
+            learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, discrete=discrete,
         )  # fmt: skip
 
     def __call__(
         self,
-        t: Any = None,
-        x_test: Any = None,
+        t: Times = None,
+        x_test: Array | None = None,
         get: str | Sequence[str] = KINDS,
         compute_cov: bool = False,
     ) -> EnsemblePrediction:
@@ -247,7 +266,7 @@ class EnsemblePredictor:
             raise TypeError(f"compute_cov must be a bool, got {type(compute_cov).__name__}")
         if core is None:
             return self._solve_route(t, x_test, kinds, compute_cov)
-        times, scalar = as_times(t, "t", discrete=core.steps == "discrete", like=core.k_train)
+        times, scalar = check_times(t, "t", discrete=core.discrete, like=core.k_train)
         if x_test is None:
             cross_nngp, cross_ntk = core.k_train, core.t_train
             k_test_test = core.k_train if compute_cov else None
@@ -266,11 +285,11 @@ class EnsemblePredictor:
         return EnsemblePrediction(**out, solver="eigh")
 
     def _solve_route(
-        self, t: Any, x_test: Any, kinds: tuple[str, ...], compute_cov: bool
+        self, t: Times, x_test: Array | None, kinds: tuple[str, ...], compute_cov: bool
     ) -> EnsemblePrediction:
         """t = inf by kernel solves (ntkit.linalg), for training kernels whose eigendecomposition does not fit."""
         like = self.x_train
-        times, scalar = as_times(t, "t", discrete=False, like=like)
+        times, scalar = check_times(t, "t", discrete=False, like=like)
         _scalable.require_infinite(times, self.solver)
         if x_test is None:
             if compute_cov:
@@ -290,7 +309,9 @@ class EnsemblePredictor:
         for kind in kinds:
             train = self._ops[kind]
 
-            def solve_train(rhs: torch.Tensor, train: Any = train) -> torch.Tensor:
+            def solve_train(
+                rhs: torch.Tensor, train: torch.Tensor | linalg.KernelOperator = train
+            ) -> torch.Tensor:
                 return _scalable.solve(train, rhs, self.diag_reg, self.solver)
 
             mean, cov = _scalable.moments(
@@ -305,15 +326,16 @@ class EnsemblePredictor:
         return EnsemblePrediction(**out, solver=self.solver)
 
 
+@renamed_keywords(steps=STEPS_TO_DISCRETE)
 def gradient_descent_mse_ensemble(
-    arch: Any,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
+    arch: HasKernel,
+    x_train: Array,
+    y_train: Array,
     *,
     learning_rate: float = 1.0,
     diag_reg: float = 0.0,
     reduction: str = "mean",
-    steps: str = "continuous",
+    discrete: bool = False,
     solver: str = "auto",
     memory_budget: int | None = None,
 ) -> EnsemblePredictor:
@@ -321,14 +343,14 @@ def gradient_descent_mse_ensemble(
 
     The formulas are in the module docstring (Lee et al. 2019, eqs. 13-16). The kernels come from
     `arch.kernel(x1, x2)` (its `.nngp` K and `.ntk` T); learning_rate, reduction and the time convention are
-    those of `gradient_descent_mse` (t counts steps of size learning_rate; steps="discrete" uses exact
-    gradient-descent steps, as a finite network trained by `ntkit.dynamics.train` takes).
+    those of `gradient_descent_mse` (t counts steps of size learning_rate; discrete=True uses exact
+    gradient-descent steps, as a finite network trained by `ntkit.train` takes).
 
     Args:
         arch: an architecture such as `ntkit.layers.mlp(2, 512)` (anything with `.kernel(x1, x2, get=...)`).
         x_train: (n, d) training inputs; results take their dtype and device.
         y_train: (n,) or (n, k) labels.
-        learning_rate, diag_reg, reduction, steps: as in `gradient_descent_mse`.
+        learning_rate, diag_reg, reduction, discrete: as in `gradient_descent_mse`.
         solver: "auto" (the eigendecomposition when the kernels and it fit in memory; otherwise t = inf only,
             by Cholesky, or by preconditioned CG on kernel operators that compute blocks on the fly when not even
             the kernels fit), "eigh", "cholesky" or "cg". The route taken: the predictor's `solver` attribute
@@ -341,17 +363,17 @@ def gradient_descent_mse_ensemble(
     """
     return EnsemblePredictor(
         arch, x_train, y_train,
-        learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, steps=steps, solver=solver,
+        learning_rate=learning_rate, diag_reg=diag_reg, reduction=reduction, discrete=discrete, solver=solver,
         memory_budget=memory_budget,
     )  # fmt: skip
 
 
 def gp_inference(
-    k_train_train: Any,
-    y_train: Any,
+    k_train_train: KernelPair,
+    y_train: Array,
     *,
-    k_test_train: Any = None,
-    k_test_test: Any = None,
+    k_test_train: KernelPair | None = None,
+    k_test_test: KernelPair | Array | None = None,
     get: str | Sequence[str] = KINDS,
     compute_cov: bool = False,
     diag_reg: float = 0.0,
@@ -391,7 +413,7 @@ def gp_inference(
     train = {}
     for kind in sorted(needs):
         matrix = _kernel_part(k_train_train, kind, "k_train_train")
-        train[kind] = check_train_kernel(matrix, f"k_train_train.{kind}")
+        train[kind] = check_kernel(matrix, f"k_train_train.{kind}")
     like = next(iter(train.values()))
     n = like.shape[0]
     for kind, matrix in train.items():
@@ -399,12 +421,14 @@ def gp_inference(
             raise ValueError(
                 f"k_train_train.{kind} has shape {tuple(matrix.shape)}, expected {tuple(like.shape)}"
             )
-    y, y_was_1d = check_labels(y_train, n, "y_train", like=like)
+    y = check_labels(y_train, n, "y_train", like=like, against="k_train_train")
+    y_was_1d = y.ndim == 1
+    y = y[:, None] if y_was_1d else y
     core = _EnsembleCore(
         train.get("nngp"), train.get("ntk"), y, y_was_1d,
-        learning_rate=1.0, diag_reg=diag_reg, reduction="sum", steps="continuous",
+        learning_rate=1.0, diag_reg=diag_reg, reduction="sum", discrete=False,
     )  # fmt: skip
-    times, scalar = as_times(None, "t", discrete=False, like=like)
+    times, scalar = check_times(None, "t", discrete=False, like=like)
     test_test = None
     if k_test_train is None:
         cross = dict(train)

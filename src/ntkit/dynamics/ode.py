@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from .._validation import check_choice, check_int, check_real
-from ._spectral import (
-    REDUCTIONS,
-    as_times,
+from .._loss import REDUCTIONS, squared_loss
+from .._validation import (
+    Array,
+    Outputs,
+    Times,
+    check_choice,
+    check_int,
+    check_kernel,
     check_labels,
     check_outputs,
-    check_test_inputs,
-    check_train_kernel,
+    check_real,
+    check_times,
 )
+from ._inputs import check_test_inputs
 
 __all__ = ["ODEPredictor", "gradient_descent"]
 
@@ -62,8 +66,7 @@ def _named_loss(name: str, reduction: str) -> LossFn:
         return cross_entropy
 
     def squared(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = 0.5 * (f - y).pow(2).sum()
-        return total / y.numel() if reduction == "mean" else total
+        return squared_loss(f, y, reduction)
 
     return squared
 
@@ -131,8 +134,8 @@ class ODEPredictor:
     def __init__(
         self,
         loss: str | LossFn,
-        k_train_train: Any,
-        y_train: Any,
+        k_train_train: Array,
+        y_train: Array,
         *,
         learning_rate: float,
         reduction: str,
@@ -151,9 +154,11 @@ class ODEPredictor:
                 f"got {type(loss).__name__}"
             )
         self.learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
-        k = check_train_kernel(k_train_train, "k_train_train")
+        k = check_kernel(k_train_train, "k_train_train")
         self._k = k
-        self._y, self._y_was_1d = check_labels(y_train, k.shape[0], "y_train", like=k)
+        y = check_labels(y_train, k.shape[0], "y_train", like=k, against="k_train_train")
+        self._y_was_1d = y.ndim == 1
+        self._y = y[:, None] if self._y_was_1d else y
         if isinstance(loss, str) and loss == "cross_entropy" and (self._y_was_1d or self._y.shape[1] < 2):
             # log_softmax over a 1-D or single-column y would normalise across training points (or give 0).
             shape = (k.shape[0],) if self._y_was_1d else tuple(self._y.shape)
@@ -182,15 +187,15 @@ class ODEPredictor:
 
     def __call__(
         self,
-        t: Any,
-        fx_train_0: Any = 0.0,
-        fx_test_0: Any = None,
-        k_test_train: Any = None,
+        t: Times,
+        fx_train_0: Outputs = 0.0,
+        fx_test_0: Outputs | None = None,
+        k_test_train: Array | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Outputs at time(s) t (finite, >= 0; a 1-D tensor adds a leading time axis), as in the MSE case."""
         k = self._k
         n, outputs = self._y.shape
-        times, scalar = as_times(t, "t", discrete=False, like=k)
+        times, scalar = check_times(t, "t", discrete=False, like=k)
         if bool(torch.isinf(times).any()):
             raise ValueError("t must be finite for a general loss (cross-entropy has no t = inf limit)")
         f0 = check_outputs(fx_train_0, n, outputs, self._y_was_1d, "fx_train_0", k)
@@ -218,8 +223,8 @@ class ODEPredictor:
 
 def gradient_descent(
     loss: str | LossFn,
-    k_train_train: torch.Tensor,
-    y_train: torch.Tensor,
+    k_train_train: Array,
+    y_train: Array,
     *,
     learning_rate: float = 1.0,
     reduction: str = "mean",

@@ -7,8 +7,8 @@
 
 and records the outputs on the training (and test) points, the loss and, with track_ntk, the empirical NTK and
 its relative drift ||T_s - T_0||_F / ||T_0||_F, at recorded step counts s. Time convention: after s full-batch
-steps of size eta the outputs are compared with `gradient_descent_mse(T_0, y, learning_rate=eta,
-steps="discrete")` at t = s (exact for the linearized model, `ntkit.dynamics.linearize`) or with its
+steps of size eta the outputs are compared with `ntkit.predict.gradient_descent_mse(T_0, y, learning_rate=eta,
+discrete=True)` at t = s (exact for the linearized model, `ntkit.dynamics.linearize`) or with its
 gradient-flow version at t = s (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models
 under gradient descent"; Jacot et al. 2018 for the kernel's constancy at infinite width).
 """
@@ -18,24 +18,33 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import as_float_tensor, check_choice, check_int, check_pair, check_real
-from ._spectral import REDUCTIONS
+from .._loss import REDUCTIONS, squared_loss
+from .._validation import (
+    Array,
+    as_float_tensor,
+    check_choice,
+    check_int,
+    check_labels,
+    check_pair,
+    check_real,
+)
+from .._warnings import deprecated_alias
 
 __all__ = ["TrainingResult", "train"]
 
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """What `train` recorded, at the step counts `steps` (R of them, from 0 to the last step).
+    """What `train` recorded, at the step counts `t` (R of them, from 0 to the last step).
 
     Attributes:
-        steps: (R,) int64 step counts s; compare with closed-form predictions at t = s.
+        t: (R,) int64 step counts s at which the records were taken; pass them as the t of a closed-form
+            predictor (`ntkit.predict`) to compare (formerly `steps`, which now only names a number of steps).
         train_outputs: (R, n, k) outputs on x_train ((R, n) for 1-D labels).
         loss: (R,) the training loss (the chosen reduction, over the whole training set).
         test_outputs: (R, m, k) outputs on x_test, or None.
@@ -45,7 +54,7 @@ class TrainingResult:
         learning_rate, reduction, batch_size (None: full batch), momentum: the settings of the run.
     """
 
-    steps: torch.Tensor
+    t: torch.Tensor
     train_outputs: torch.Tensor
     loss: torch.Tensor
     test_outputs: torch.Tensor | None
@@ -57,10 +66,7 @@ class TrainingResult:
     batch_size: int | None
     momentum: float
 
-
-def _squared_loss(out: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
-    total = 0.5 * (out - y).pow(2).sum()
-    return total / y.numel() if reduction == "mean" else total
+    steps = deprecated_alias("t", "steps", "TrainingResult")
 
 
 def _check_examples(x: torch.Tensor, name: str) -> None:
@@ -123,14 +129,14 @@ def _record_schedule(steps: int, record_every: int) -> list[int]:
 
 def train(
     model: nn.Module,
-    x_train: Any,
-    y_train: Any,
+    x_train: Array,
+    y_train: Array,
     *,
     learning_rate: float,
     steps: int,
     reduction: str = "mean",
-    x_test: Any = None,
-    y_test: Any = None,
+    x_test: Array | None = None,
+    y_test: Array | None = None,
     record_every: int | None = None,
     track_ntk: bool = False,
     ntk_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
@@ -196,9 +202,7 @@ def train(
     x_train = as_float_tensor(x_train, "x_train").to(dtype=reference.dtype, device=reference.device)
     _check_examples(x_train, "x_train")
     n = x_train.shape[0]
-    y = as_float_tensor(y_train, "y_train", ndim=None).to(dtype=reference.dtype, device=reference.device)
-    if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"y_train must have shape ({n},) or ({n}, k) to match x_train, got {tuple(y.shape)}")
+    y = check_labels(y_train, n, "y_train", like=reference, against="x_train")
     if x_test is not None:
         x_test = as_float_tensor(x_test, "x_test").to(dtype=reference.dtype, device=reference.device)
         _check_examples(x_test, "x_test")
@@ -206,10 +210,8 @@ def train(
     if y_test is not None:
         if x_test is None:
             raise ValueError("y_test was given without x_test")
-        y_test = as_float_tensor(y_test, "y_test", ndim=None).to(
-            dtype=reference.dtype, device=reference.device
-        )
-        if tuple(y_test.shape[1:]) != tuple(y.shape[1:]) or y_test.shape[0] != x_test.shape[0]:
+        y_test = check_labels(y_test, x_test.shape[0], "y_test", like=reference, against="x_test")
+        if tuple(y_test.shape[1:]) != tuple(y.shape[1:]):
             raise ValueError(
                 f"y_test must have shape ({x_test.shape[0]}, ...) like y_train's {tuple(y.shape)}, "
                 f"got {tuple(y_test.shape)}"
@@ -245,14 +247,14 @@ def train(
 
     def record(out_train: torch.Tensor, step: int) -> None:
         train_outputs.append(out_train.detach().clone())
-        losses.append(_squared_loss(out_train.detach(), y, reduction))
+        losses.append(squared_loss(out_train.detach(), y, reduction))
         _check_finite(train_outputs[-1], losses[-1], step, learning_rate, y.numel(), reduction)
         if x_test is not None:
             with torch.no_grad():
                 out_test = forward(x_test, "x_test")
             test_outputs.append(out_test.detach().clone())
             if y_test is not None:
-                test_losses.append(_squared_loss(out_test, y_test, reduction))
+                test_losses.append(squared_loss(out_test, y_test, reduction))
         if track_ntk:
             # The minibatch path records under no_grad; an ntk_fn built on autograd needs gradients.
             with torch.enable_grad():
@@ -267,7 +269,7 @@ def train(
                     record(out, step)
                 if step == steps:
                     break
-                loss = _squared_loss(out, y, reduction)
+                loss = squared_loss(out, y, reduction)
             else:
                 if step in to_record:
                     with torch.no_grad():
@@ -279,7 +281,7 @@ def train(
                     cursor = 0
                 batch = order[cursor : cursor + batch_size]
                 cursor += batch_size
-                loss = _squared_loss(forward(x_train[batch], "x_train"), y[batch], reduction)
+                loss = squared_loss(forward(x_train[batch], "x_train"), y[batch], reduction)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -304,7 +306,7 @@ def train(
             )
         drift = torch.linalg.matrix_norm(ntk - ntk[0]) / reference_norm
     return TrainingResult(
-        steps=torch.tensor(recorded, dtype=torch.long),
+        t=torch.tensor(recorded, dtype=torch.long),
         train_outputs=torch.stack(train_outputs),
         loss=torch.stack(losses),
         test_outputs=torch.stack(test_outputs) if x_test is not None else None,

@@ -18,14 +18,26 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .. import tiling
-from .._validation import as_float_tensor, check_choice, check_int, check_real
+from .._validation import (
+    Array,
+    as_float_tensor,
+    check_choice,
+    check_int,
+    check_kernel,
+    check_labels,
+    check_real,
+)
 from .cg import build_preconditioner, conjugate_gradients, default_tol
 from .operators import DenseKernel, KernelOperator, as_operator
+
+if TYPE_CHECKING:
+    import dask.array
 
 __all__ = ["DENSE_MAX_N", "METHODS", "Solution", "dense_fits", "solve"]
 
@@ -58,7 +70,7 @@ class Solution:
             return self.coef
         raise ValueError("a Nystrom solution has coefficients on its centres only: use .coef with .support")
 
-    def predict(self, k_test_train: Any) -> torch.Tensor:
+    def predict(self, k_test_train: KernelOperator | Array) -> torch.Tensor:
         """K(x_test, X) @ coef for a (m, n) matrix or `KernelOperator` between test and training points."""
         if isinstance(k_test_train, KernelOperator):
             if self.support is None:
@@ -78,17 +90,14 @@ def dense_fits(n: int, dtype: torch.dtype, device: torch.device, copies: float =
     return copies * n * n * dtype.itemsize <= 0.5 * free
 
 
-def _labels(y: Any, n: int, like: KernelOperator) -> tuple[torch.Tensor, bool]:
-    y = as_float_tensor(y, "y", ndim=None)
-    if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match the kernel, got {tuple(y.shape)}")
-    y = y.to(dtype=like.dtype, device=like.device)
+def _labels(y: Array, n: int, like: KernelOperator) -> tuple[torch.Tensor, bool]:
+    y = check_labels(y, n, "y", against="the kernel").to(dtype=like.dtype, device=like.device)
     return (y[:, None] if y.ndim == 1 else y), y.ndim == 1
 
 
 def solve(
-    kernel: Any,
-    y: Any,
+    kernel: KernelOperator | Array | dask.array.Array,
+    y: Array,
     *,
     diag_reg: float = 0.0,
     method: str = "auto",
@@ -117,6 +126,8 @@ def solve(
         on_nonconvergence: "raise" (ConvergenceError) or "warn" (ConvergenceWarning) when CG stops short of tol.
     """
     check_choice(method, "method", METHODS)
+    if isinstance(kernel, (torch.Tensor, np.ndarray)):  # the check of every K(X, X) in ntkit
+        kernel = check_kernel(kernel, "kernel")
     op = as_operator(kernel, "kernel")
     n = op.shape[0]
     if op.shape[0] != op.shape[1]:

@@ -200,7 +200,7 @@ class Context:
                 except ValueError as err:  # the inputs were checked: what train refuses here is divergence
                     raise diverged("training.learning_rate", self.learning_rate, err) from None
                 first = 0 if not parts else 1  # each phase starts where the last one ended
-                parts.append((result.steps[first:] + done, result))
+                parts.append((result.t[first:] + done, result))
                 done += length
                 bar.update(length)
         record = TrainingRecord(
@@ -235,9 +235,8 @@ class Context:
         instead of by a second, Jacobian-vector-product training run (4x the cost of the network's). With
         several outputs this uses the output-averaged T_0, whose cross-output terms vanish as the width grows.
         """
-        from ..dynamics import gradient_descent_mse
         from ..empirical import empirical_ntk
-        from ..predict import max_learning_rate
+        from ..predict import gradient_descent_mse, max_learning_rate
 
         limit = max_learning_rate(self.empirical_kernel_train, y_train_size=self.data.y_train.numel())
         if self.learning_rate >= limit:
@@ -255,7 +254,7 @@ class Context:
             self.data.y_train,
             learning_rate=self.learning_rate,
             reduction="mean",
-            steps="discrete",
+            discrete=True,
         )
         f0_train, f0_eval = self.initial_outputs
         steps = self.real_run.steps
@@ -288,10 +287,10 @@ class Context:
         """Closed-form outputs (train (T, n, k), eval (T, m, k)) of gradient descent with the analytic NTK
         from the initial outputs ``initial`` (default: the report network's) (Lee et al. 2019, eq. 9; discrete
         steps)."""
-        from ..dynamics import gradient_descent_mse
+        from ..predict import gradient_descent_mse
 
         predictor = gradient_descent_mse(
-            self.kernel_train, y, learning_rate=self.learning_rate, reduction="mean", steps="discrete"
+            self.kernel_train, y, learning_rate=self.learning_rate, reduction="mean", discrete=True
         )
         f0_train, f0_eval = self.initial_outputs if initial is None else initial
         return predictor(times, f0_train, f0_eval, self.kernel_eval_train)

@@ -93,8 +93,8 @@ def run(run: Run) -> Outcome:
             f0, f0_test = model(x.float())[:, 0].double(), model(x_test.float())[:, 0].double()
         result = train(model, x.float(), y.float(), learning_rate=learning_rate, steps=s["steps"],
                        x_test=x_test.float(), record_every=max(1, s["steps"] // 50), progress=False)  # fmt: skip
-        times = result.steps.to(torch.float64)
-        predictor = gradient_descent_mse(kernel, y, learning_rate=learning_rate, steps="discrete")
+        times = result.t.to(torch.float64)
+        predictor = gradient_descent_mse(kernel, y, learning_rate=learning_rate, discrete=True)
         closed, _ = predictor(times, f0, f0_test, kernel_test)
         measures = generalization_bound(spec, y)
         return {
@@ -102,7 +102,7 @@ def run(run: Run) -> Outcome:
             "norm": measures.norm,
             "arora_term": math.sqrt(2 * measures.norm / n),
             "bound": measures.bound,
-            "steps": result.steps,
+            "steps": result.t,
             "loss": result.loss,
             "loss_closed_form": 0.5 * (closed - y).pow(2).mean(dim=1),
             "test_error": float((result.test_outputs[-1].double().sign() != y_test).double().mean()),

@@ -73,7 +73,7 @@ def run(run: Run) -> Outcome:
                        progress=False)  # fmt: skip
         distance = (scaled.train_outputs - linear.train_outputs).pow(2).mean(dim=(1, 2)).sqrt()
         return {
-            "steps": scaled.steps,
+            "steps": scaled.t,
             "drift": scaled.ntk_drift,
             "distance": distance / float(y.pow(2).mean().sqrt()),
             "loss": scaled.loss,

@@ -91,7 +91,7 @@ def run(run: Run) -> Outcome:
         }
         network = train(copy.deepcopy(net), x, y, progress=False, **common)
         linear = train(linearize(net), x, y, progress=False, **common)
-        predictor = gradient_descent_mse(kernel, y, learning_rate=lr, steps="discrete")
+        predictor = gradient_descent_mse(kernel, y, learning_rate=lr, discrete=True)
         closed_train, closed_test = predictor(times, f0, f0_test, kernel_test)
         return {
             "network": network.loss,

@@ -128,9 +128,9 @@ def run(ctx: Context, figures: Path) -> SectionResult:
         raise diverged("conv.learning_rate", learning_rate, err) from None
     seconds_training = time.perf_counter() - began
     network_test = run_result.test_outputs - start_test
-    recorded = run_result.steps.to(device=ctx.device, dtype=ctx.dtype)
+    recorded = run_result.t.to(device=ctx.device, dtype=ctx.dtype)
     predictor = gradient_descent_mse(
-        cntk_train, digits.y_train, learning_rate=learning_rate, reduction="mean", steps="discrete"
+        cntk_train, digits.y_train, learning_rate=learning_rate, reduction="mean", discrete=True
     )
     _, closed_test = predictor(recorded, 0.0, None, cntk_test)
     closed_test = closed_test.to(ctx.dtype)

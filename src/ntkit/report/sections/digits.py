@@ -63,9 +63,9 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     except ValueError as err:  # the digits are well-formed: what train refuses here is divergence
         raise diverged("digits.learning_rate", learning_rate, err) from None
     network_test = run_result.test_outputs - start_test
-    recorded = run_result.steps.to(device=ctx.device, dtype=ctx.dtype)
+    recorded = run_result.t.to(device=ctx.device, dtype=ctx.dtype)
     predictor = gradient_descent_mse(
-        kernel, digits.y_train, learning_rate=learning_rate, reduction="mean", steps="discrete"
+        kernel, digits.y_train, learning_rate=learning_rate, reduction="mean", discrete=True
     )
     _, closed_test = predictor(recorded, 0.0, None, kernel_test)
     _, regression_test = predictor(

@@ -36,7 +36,7 @@ def run(ctx: Context, figures: Path) -> SectionResult:
         times,
         learning_rate=ctx.learning_rate,
         reduction="mean",
-        steps="discrete",
+        discrete=True,
         measured=real.train_outputs[keep],
     )
     count = min(ctx.config["spectrum"]["directions"], spec.eigenvalues.shape[0])
