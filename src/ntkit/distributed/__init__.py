@@ -16,13 +16,18 @@ iterations instead of recomputing them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .._validation import as_float_tensor
+from .._validation import Array, HasKernel, as_float_tensor
 from ..linalg.operators import KernelOperator
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import dask.array
 
 __all__ = ["DaskKernel", "kernel"]
 
@@ -53,8 +58,13 @@ def _block(source: Any, get: str, xa: np.ndarray, xb: np.ndarray | None, transpo
 
 
 def kernel(
-    arch_or_model: Any, x1: Any, x2: Any = None, *, get: str = "ntk", chunk_size: int | None = None
-) -> Any:
+    arch_or_model: HasKernel | torch.nn.Module,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    get: str = "ntk",
+    chunk_size: int | None = None,
+) -> dask.array.Array:
     """K(x1, x2) as a dask array of blocks computed by Dask workers (see the module docstring).
 
     Args:
@@ -108,7 +118,7 @@ def kernel(
 class DaskKernel(KernelOperator):
     """A dask array kernel (n1, n2) as a `KernelOperator`: products, columns and diagonal computed by Dask."""
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: dask.array.Array) -> None:
         _dask()
         if array.ndim != 2:
             raise ValueError(f"a kernel must be 2-D, got shape {array.shape}")
@@ -117,7 +127,7 @@ class DaskKernel(KernelOperator):
         super().__init__(n1, n2, dtype=dtype, device=torch.device("cpu"), symmetric=False, cache=False)
         self.array = array
 
-    def matmul(self, v: Any) -> torch.Tensor:
+    def matmul(self, v: Array) -> torch.Tensor:
         v = as_float_tensor(v, "v", ndim=None).to(self.dtype)
         if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
             raise ValueError(
@@ -133,7 +143,7 @@ class DaskKernel(KernelOperator):
         sub = self.array[r][:, c]
         return torch.from_numpy(np.ascontiguousarray(sub.compute()))
 
-    def columns(self, index: Any) -> torch.Tensor:
+    def columns(self, index: Sequence[int] | Array) -> torch.Tensor:
         idx = np.asarray(torch.as_tensor(index, dtype=torch.long).reshape(-1))
         return torch.from_numpy(np.ascontiguousarray(self.array[:, idx].compute()))
 

@@ -3,11 +3,12 @@ KernelRidge, SVC(kernel=...) and anything else that takes one)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.gaussian_process.kernels import Kernel
+
+from .._validation import HasKernel
 
 __all__ = ["InfiniteWidthKernel"]
 
@@ -22,12 +23,14 @@ class InfiniteWidthKernel(Kernel):
     `NTKRegressor`. Add a `WhiteKernel` for observation noise.
     """
 
-    def __init__(self, arch: Any, get: str = "nngp", input_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, arch: HasKernel, get: str = "nngp", input_shape: tuple[int, ...] | None = None
+    ) -> None:
         self.arch = arch
         self.get = get
         self.input_shape = input_shape
 
-    def _rows(self, X: Any) -> torch.Tensor:
+    def _rows(self, X: ArrayLike) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(X, dtype=np.float64))
         if x.ndim == 1:
             x = x[:, None]
@@ -35,7 +38,9 @@ class InfiniteWidthKernel(Kernel):
             x = x.reshape(x.shape[0], *self.input_shape)
         return x
 
-    def __call__(self, X: Any, Y: Any = None, eval_gradient: bool = False) -> Any:
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike | None = None, eval_gradient: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         if self.get not in ("nngp", "ntk"):
             raise ValueError(f"get must be 'nngp' or 'ntk', got {self.get!r}")
         if eval_gradient and Y is not None:
@@ -47,7 +52,7 @@ class InfiniteWidthKernel(Kernel):
             return k, np.empty((k.shape[0], k.shape[1], 0))
         return k
 
-    def diag(self, X: Any) -> np.ndarray:
+    def diag(self, X: ArrayLike) -> np.ndarray:
         x = self._rows(X)
         out = np.empty(x.shape[0])
         for i in range(0, x.shape[0], 256):

@@ -18,21 +18,27 @@ images), so the architecture sees (n, C, H, W). Results are numpy arrays, or tor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import linalg
+from .._validation import HasKernel
 from ..layers import mlp
 
 __all__ = ["NTKClassifier", "NTKRegressor"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+Prediction: TypeAlias = np.ndarray | torch.Tensor
+"""Outputs as the inputs came: a torch.Tensor for a tensor X, else a float64 numpy array."""
 
 
 def _to_numpy(value: Any) -> Any:
@@ -42,7 +48,7 @@ def _to_numpy(value: Any) -> Any:
 class _NTKBase(BaseEstimator):
     def __init__(
         self,
-        arch: Any = None,
+        arch: HasKernel | None = None,
         *,
         kernel: str = "ntk",
         t: float | None = None,
@@ -213,7 +219,7 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X: Any, y: Any) -> NTKRegressor:
+    def fit(self, X: ArrayLike, y: ArrayLike) -> NTKRegressor:
         self._check_params()
         x_np, y_np = validate_data(
             self,
@@ -231,7 +237,9 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         self._fit_targets(X, y2)
         return self
 
-    def predict(self, X: Any, return_std: bool = False, return_cov: bool = False) -> Any:
+    def predict(
+        self, X: ArrayLike, return_std: bool = False, return_cov: bool = False
+    ) -> Prediction | tuple[Prediction, Prediction]:
         """Mean predictions (n,) or (n, k); with return_std / return_cov also the posterior's std (n,) or cov (n, n).
 
         The posterior is that of one output (every output has the same covariance), from
@@ -279,7 +287,7 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
     ((n,) for two classes: the second class's output minus the first's); `classes_` the labels.
     """
 
-    def fit(self, X: Any, y: Any) -> NTKClassifier:
+    def fit(self, X: ArrayLike, y: ArrayLike) -> NTKClassifier:
         self._check_params()
         x_np, y_np = validate_data(self, _to_numpy(X), _to_numpy(y), dtype=[np.float64, np.float32])
         self._x = self._inputs(X, reset=True, validated=x_np)
@@ -292,13 +300,13 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
         self._fit_targets(X, onehot)
         return self
 
-    def decision_function(self, X: Any) -> Any:
+    def decision_function(self, X: ArrayLike) -> Prediction:
         out = self._outputs(X)
         if len(self.classes_) == 2:
             out = out[:, 1] - out[:, 0]
         return self._out(out, X)
 
-    def predict(self, X: Any) -> Any:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         out = self._outputs(X)
         if len(self.classes_) == 1:
             idx = np.zeros(out.shape[0], dtype=int)

@@ -19,15 +19,18 @@ beyond the cache are recomputed on every product, so memory stays bounded whatev
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import tiling
-from .._validation import as_float_tensor, check_choice, check_int, check_real
+from .._validation import Array, HasKernel, as_float_tensor, check_choice, check_int, check_real
+
+if TYPE_CHECKING:
+    import dask.array
 
 __all__ = ["ArchKernel", "DenseKernel", "EmpiricalKernel", "KernelOperator", "as_operator"]
 
@@ -105,7 +108,7 @@ class KernelOperator:
             self._diagonal = self._diagonal_values()
         return self._diagonal
 
-    def columns(self, index: Any) -> torch.Tensor:
+    def columns(self, index: Sequence[int] | Array) -> torch.Tensor:
         """K[:, index], (n1, len(index)), computed in row blocks within the memory budget."""
         idx = torch.as_tensor(index, dtype=torch.long, device="cpu").reshape(-1)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[1]):
@@ -131,7 +134,7 @@ class KernelOperator:
                 out[j, i] = blk.T
         return out
 
-    def matmul(self, v: Any) -> torch.Tensor:
+    def matmul(self, v: Array) -> torch.Tensor:
         """K @ v for v of shape (n2,) or (n2, k); result (n1,) or (n1, k) in the operator's dtype and device."""
         v = as_float_tensor(v, "v", ndim=None)
         if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
@@ -186,7 +189,7 @@ class KernelOperator:
 class DenseKernel(KernelOperator):
     """A kernel matrix already in memory (n1, n2), as an operator (its products are plain matrix products)."""
 
-    def __init__(self, matrix: Any, *, name: str = "matrix") -> None:
+    def __init__(self, matrix: Array, *, name: str = "matrix") -> None:
         k = as_float_tensor(matrix, name, ndim=2)
         n1, n2 = k.shape
         symmetric = n1 == n2 and bool(torch.equal(k, k.T))
@@ -201,11 +204,11 @@ class DenseKernel(KernelOperator):
     def diagonal(self) -> torch.Tensor:
         return torch.diagonal(self.matrix)
 
-    def columns(self, index: Any) -> torch.Tensor:
+    def columns(self, index: Sequence[int] | Array) -> torch.Tensor:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.device).reshape(-1)
         return self.matrix[:, idx]
 
-    def matmul(self, v: Any) -> torch.Tensor:
+    def matmul(self, v: Array) -> torch.Tensor:
         v = as_float_tensor(v, "v", ndim=None)
         if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
             raise ValueError(
@@ -263,9 +266,9 @@ class ArchKernel(_InputsKernel):
 
     def __init__(
         self,
-        arch: Any,
-        x1: Any,
-        x2: Any = None,
+        arch: HasKernel,
+        x1: Array,
+        x2: Array | None = None,
         *,
         get: str = "ntk",
         memory_budget: int | None = None,
@@ -297,7 +300,7 @@ class ArchKernel(_InputsKernel):
             x1[:1], None if x2 is None else x2[:1], get=self.get, progress=False
         )  # errors now, not later
 
-    def cross(self, x_test: Any, **kwargs: Any) -> ArchKernel:
+    def cross(self, x_test: Array, **kwargs: int | bool | None) -> ArchKernel:
         """The operator K(x_test, x1) of the same architecture and kind (for predictions)."""
         kwargs.setdefault("memory_budget", self.memory_budget)
         kwargs.setdefault("progress", self.progress)
@@ -321,8 +324,8 @@ class EmpiricalKernel(_InputsKernel):
     def __init__(
         self,
         model: torch.nn.Module,
-        x1: Any,
-        x2: Any = None,
+        x1: Array,
+        x2: Array | None = None,
         *,
         memory_budget: int | None = None,
         cache: int | bool | None = None,
@@ -348,7 +351,7 @@ class EmpiricalKernel(_InputsKernel):
 
         super().__init__(fn, x1, x2, memory_budget=memory_budget, cache=cache, progress=progress)
 
-    def cross(self, x_test: Any, **kwargs: Any) -> EmpiricalKernel:
+    def cross(self, x_test: Array, **kwargs: int | bool | None) -> EmpiricalKernel:
         """The operator T(x_test, x1) of the same model."""
         kwargs.setdefault("memory_budget", self.memory_budget)
         kwargs.setdefault("cache", False)
@@ -357,7 +360,7 @@ class EmpiricalKernel(_InputsKernel):
         )
 
 
-def as_operator(value: Any, name: str = "kernel") -> KernelOperator:
+def as_operator(value: KernelOperator | Array | dask.array.Array, name: str = "kernel") -> KernelOperator:
     """A `KernelOperator` as it is; a matrix (tensor or numpy array) wrapped in `DenseKernel`."""
     if isinstance(value, KernelOperator):
         return value

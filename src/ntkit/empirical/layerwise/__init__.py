@@ -34,6 +34,7 @@ blocks. The method choice between this and the other methods lives in `ntkit.emp
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -141,7 +142,11 @@ def layerwise_ntk(
 
 
 def explain(
-    model: nn.Module, x: torch.Tensor, *, outputs: str = "mean", params: Any = None
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    outputs: str = "mean",
+    params: Iterable[str | torch.Tensor] | None = None,
 ) -> dict[str, str]:
     """How the layerwise method treats each parameter on inputs like x.
 
