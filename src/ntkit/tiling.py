@@ -60,10 +60,12 @@ def block_size(n: int, bytes_per_example: float, bytes_per_pair: float, *, budge
     column) pair. At least one example per block, whatever the budget: a single example that does not fit is
     the caller's problem to report.
     """
-    a = max(bytes_per_pair, 1e-12)
+    a = max(bytes_per_pair, 0.0)
     b = 4.0 * bytes_per_example
-    side = (-b + math.sqrt(b * b + 4.0 * a * budget)) / (2.0 * a)  # a s^2 + b s - budget = 0
-    return int(max(1, min(n, _MAX_BLOCK, math.floor(side))))
+    # the positive root of a s^2 + b s - budget = 0, in the form without cancellation (a may be tiny or 0)
+    root = math.sqrt(b * b + 4.0 * a * budget)
+    side = 2.0 * budget / (b + root) if b + root > 0 else math.inf
+    return int(max(1, math.floor(min(n, _MAX_BLOCK, side))))
 
 
 _PROC_SELF = Path("/proc/self")
@@ -186,13 +188,22 @@ def _address_space_available() -> int | None:
 
 
 def blocks(n1: int, n2: int, tile: int | tuple[int, int], symmetric: bool) -> list[tuple[slice, slice]]:
-    """Row and column slices of the blocks to compute, row-major; for K(X, X) only columns from each row
-    panel's first row on. `tile` is a side, or (rows, columns) of a rectangular block."""
+    """Row and column slices of the blocks to compute, row-major. `tile` is a side, or (rows, columns) of a
+    rectangular block.
+
+    For K(X, X) only the upper triangle is computed: each row panel starts with the square block on the
+    diagonal (its own rows as columns, even when blocks are rectangular), then the columns to its right. So no
+    block other than a diagonal one reaches below the diagonal, and every entry is written once, by its block
+    or by the mirror of the block holding its transpose.
+    """
     rows, cols = (tile, tile) if isinstance(tile, int) else tile
     out = []
     for i in range(0, n1, rows):
-        for j in range(i if symmetric else 0, n2, cols):
-            out.append((slice(i, min(i + rows, n1)), slice(j, min(j + cols, n2))))
+        panel = slice(i, min(i + rows, n1))
+        if symmetric:
+            out.append((panel, panel))
+        for j in range(panel.stop if symmetric else 0, n2, cols):
+            out.append((panel, slice(j, min(j + cols, n2))))
     return out
 
 
@@ -302,7 +313,7 @@ class _Store:
         shape: tuple[int, int],
         dtype: torch.dtype,
         key: str,
-        tile: int,
+        tile: int | tuple[int, int],
         todo: list[tuple[slice, slice]],
         symmetric: bool,
     ):
@@ -318,7 +329,7 @@ class _Store:
             "shape": list(shape),
             "dtype": str(np_dtype),
             "key": key,
-            "tile": tile,
+            "tile": tile if isinstance(tile, int) else list(tile),  # as JSON reads it back
             "blocks": n_blocks,
             "symmetric": symmetric,
         }

@@ -10,6 +10,8 @@ exact reference the faster methods are checked against.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
@@ -64,9 +66,11 @@ def jacobian_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) ->
             max(n1, n2), per_example, problem.k_pairs * problem.itemsize, budget=problem.budget
         )
     else:
-        # Column features are recomputed for every row panel, so the panel takes most of the budget.
-        fit = max(2, int(problem.budget / per_example))
-        rows, cols = min(n1, max(1, 3 * fit // 4)), min(n2, max(1, fit // 4))
+        # Column features are recomputed for every row panel, so the panel is 3x the column block: 4 c
+        # examples' features, and the largest block of pairs is the panel's diagonal one, (3 c)**2 pairs.
+        pair = problem.k_pairs * problem.itemsize
+        c = (-4 * per_example + math.sqrt(16 * per_example**2 + 36 * pair * problem.budget)) / (18 * pair)
+        rows, cols = min(n1, max(1, int(3 * c))), min(n2, max(1, int(c)))
 
     def features(x: torch.Tensor) -> list[torch.Tensor]:
         return per_example_jacobians(model, params, x, flat=False)
