@@ -14,12 +14,23 @@ For K(X, X) only blocks on and above the diagonal are computed, each used for it
 are kept in memory while their total stays within `cache` bytes (default: half the memory free on the device at
 construction), so the first product computes the kernel and later ones (the iterations of CG) reuse it; blocks
 beyond the cache are recomputed on every product, so memory stays bounded whatever n is.
+
+With `store=DIR` the blocks are kept on disk instead, by the project's one block scheduler and store
+(`ntkit.tiling.run_blocks`): the first product computes every block into DIR/kernel.npy, recording each
+finished block with a checksum, and later products read them back one row panel at a time (the operating
+system's page cache keeps what it can; the process holds one panel). An interrupted run (an exception, a
+killed process) keeps the blocks finished so far; a new operator on the same inputs and DIR verifies them
+against their checksums and computes only the missing ones, and a damaged or foreign store raises
+`ntkit.tiling.StoreError` naming the file. That is the route for a long CG or Nystrom run whose kernel does not
+fit in memory but fits on disk: each product then costs a read of n^2 / 2 entries instead of their recomputation.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,8 +59,10 @@ class KernelOperator:
     class schedules blocks within the memory budget, caches them, and keeps the symmetry of K(X, X).
 
     Attributes: `shape`, `dtype`, `device`, `symmetric` (K(X, X), computed from the upper triangle),
-    `block_size`, `cached_bytes`.
+    `block_size`, `cached_bytes`, `store` (the directory holding the blocks on disk, or None).
     """
+
+    _STORE_NAME = "kernel"  # the matrix's name in the store: DIR/kernel.npy
 
     def __init__(
         self,
@@ -62,6 +75,7 @@ class KernelOperator:
         memory_budget: int | None = None,
         cache: int | bool | None = None,
         progress: bool | None = None,
+        store: str | os.PathLike | None = None,
     ) -> None:
         self.shape = (int(n1), int(n2))
         self.dtype = dtype
@@ -76,6 +90,19 @@ class KernelOperator:
                 f"(needs {int(2 * _LIVE_OUTPUTS * dtype.itemsize * 256)} bytes); raise memory_budget"
             )
         self.block_size = min(side, _MAX_BLOCK, max(n1, n2))
+        if store is not None and not isinstance(store, (str, os.PathLike)):
+            raise TypeError(
+                f"store must be a directory path (str or os.PathLike) or None, got {type(store).__name__}"
+            )
+        if store is not None and cache not in (None, False):
+            raise ValueError(
+                f"cache={cache!r} and store={str(store)!r} were both given: with store= the blocks are read back "
+                "from disk (the OS page cache keeps what fits), so leave cache=None"
+            )
+        self.store = None if store is None else Path(store)
+        self._store_ready = False
+        if self.store is not None:
+            cache = False
         if cache is None:
             free = tiling.available_memory(device)
             self._cache_limit = 0 if free is None else free // 2
@@ -91,6 +118,10 @@ class KernelOperator:
     # ---- what subclasses provide -------------------------------------------------------------------------
     def _block(self, rows: Index, cols: Index) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _store_key(self) -> str:
+        """What identifies this kernel in a store (its inputs and what computes it); subclasses with a store."""
+        raise TypeError(f"{type(self).__name__} cannot keep its blocks in a store= directory")
 
     def _diagonal_values(self) -> torch.Tensor:
         """diag(K) of a symmetric operator, from the diagonal blocks (n * block_size entries)."""
@@ -162,8 +193,53 @@ class KernelOperator:
     def _slices(self) -> list[tuple[slice, slice]]:
         return tiling.blocks(self.shape[0], self.shape[1], self.block_size, self.symmetric)
 
+    def _fill_store(self) -> Path:
+        """Compute the blocks missing from the store (verifying the finished ones); the path of the matrix."""
+        assert self.store is not None
+        if not self._store_ready:
+
+            def block_fn(rows: slice, cols: slice, on_diagonal: bool) -> dict[str, torch.Tensor]:
+                return {self._STORE_NAME: self._block(rows, None if on_diagonal else cols)}
+
+            filled = tiling.run_blocks(
+                block_fn,
+                [self._STORE_NAME],
+                self.shape[0],
+                self.shape[1],
+                dtype=self.dtype,
+                device=self.device,
+                symmetric=self.symmetric,
+                tile=self.block_size,
+                store=self.store,
+                key=self._store_key(),
+                progress=self.progress,
+                description="kernel blocks (to store)",
+            )
+            del filled  # unmap the files: products map one row panel at a time
+            self._store_ready = True
+        return self.store / f"{self._STORE_NAME}.npy"
+
+    def _stored_blocks(self) -> Iterator[tuple[tuple[slice, slice], torch.Tensor]]:
+        """The blocks of `_slices()` read from the store, mapping one row panel of the file at a time (so the
+        process's resident memory is one panel, not the matrix)."""
+        path = self._fill_store()
+        todo = self._slices()
+        panel_rows: slice | None = None
+        panel = None
+        for rows, cols in todo:
+            if rows != panel_rows:
+                panel = None  # drop the previous panel's mapping before mapping the next
+                panel = np.load(path, mmap_mode="r")[rows]
+                panel_rows = rows
+            blk = torch.from_numpy(np.ascontiguousarray(panel[:, cols])).to(self.device)
+            yield (rows, cols), blk
+        panel = None
+
     def _blocks(self, desc: str):
         """(rows, cols), block pairs of the upper triangle (symmetric) or of the whole matrix, cached if room."""
+        if self.store is not None:
+            yield from self._stored_blocks()
+            return
         todo = self._slices()
         missing = sum((s[0].start, s[1].start) not in self._cache for s in todo)
         disable = True if missing == 0 else (None if self.progress is None else not self.progress)
@@ -262,6 +338,8 @@ class ArchKernel(_InputsKernel):
         cache: bytes of computed blocks kept for later products (True: all, False: none; None: half the free
             memory of the device).
         progress: a progress bar over blocks while some have to be computed (None: only on a terminal).
+        store: a directory that keeps the computed blocks on disk (see the module docstring): resumable, checked
+            against checksums, and keyed by the architecture's `fingerprint()`, `get` and the inputs.
     """
 
     def __init__(
@@ -274,6 +352,7 @@ class ArchKernel(_InputsKernel):
         memory_budget: int | None = None,
         cache: int | bool | None = None,
         progress: bool | None = None,
+        store: str | os.PathLike | None = None,
     ) -> None:
         if not callable(getattr(arch, "kernel", None)):
             raise TypeError(
@@ -288,6 +367,11 @@ class ArchKernel(_InputsKernel):
                 raise ValueError(
                     f"x1 and x2 must have the same per-example shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
                 )
+        if store is not None and not callable(getattr(arch, "fingerprint", None)):
+            raise TypeError(
+                f"store= keys the stored blocks by the architecture's .fingerprint(), which "
+                f"{type(arch).__name__} lacks: use an ntkit architecture, or store=None"
+            )
         self.arch = arch
         inner = None if memory_budget is None else max(1, int(memory_budget) // 2)
 
@@ -295,10 +379,15 @@ class ArchKernel(_InputsKernel):
             k = arch.kernel(xa, xb, get=self.get, memory_budget=inner, progress=False)
             return getattr(k, self.get)
 
-        super().__init__(fn, x1, x2, memory_budget=memory_budget, cache=cache, progress=progress)
+        super().__init__(fn, x1, x2, memory_budget=memory_budget, cache=cache, progress=progress, store=store)
         arch.kernel(
             x1[:1], None if x2 is None else x2[:1], get=self.get, progress=False
         )  # errors now, not later
+
+    def _store_key(self) -> str:
+        return tiling.fingerprint(
+            "ntkit.linalg.ArchKernel", self.get, self.arch.fingerprint(), self.x1, self.x2
+        )
 
     def cross(self, x_test: Array, **kwargs: int | bool | None) -> ArchKernel:
         """The operator K(x_test, x1) of the same architecture and kind (for predictions)."""
@@ -318,7 +407,9 @@ class EmpiricalKernel(_InputsKernel):
     """The empirical NTK (`outputs="mean"`) of a `torch.nn.Module` on x1 (and x2), block by block.
 
     Each block is `ntkit.empirical_ntk(model, x1[rows], x2[cols], memory_budget=...)`; other keyword arguments
-    of `empirical_ntk` (method, params) go in `ntk_kwargs`. Caching as in `ArchKernel`.
+    of `empirical_ntk` (method, params) go in `ntk_kwargs`. Caching and `store` as in `ArchKernel`; a store is
+    keyed by the model's class, repr, parameters and buffers, `ntk_kwargs` and the inputs (not by the code of
+    its forward: after editing a model's code, pass a new directory).
     """
 
     def __init__(
@@ -331,6 +422,7 @@ class EmpiricalKernel(_InputsKernel):
         cache: int | bool | None = None,
         progress: bool | None = None,
         ntk_kwargs: dict[str, Any] | None = None,
+        store: str | os.PathLike | None = None,
     ) -> None:
         from ..empirical import empirical_ntk
 
@@ -349,7 +441,21 @@ class EmpiricalKernel(_InputsKernel):
         def fn(xa: torch.Tensor, xb: torch.Tensor | None) -> torch.Tensor:
             return empirical_ntk(model, xa, xb, outputs="mean", memory_budget=budget, progress=False, **extra)
 
-        super().__init__(fn, x1, x2, memory_budget=memory_budget, cache=cache, progress=progress)
+        self._ntk_kwargs = extra
+        super().__init__(fn, x1, x2, memory_budget=memory_budget, cache=cache, progress=progress, store=store)
+
+    def _store_key(self) -> str:
+        state = [(name, value) for name, value in self.model.state_dict().items()]
+        return tiling.fingerprint(
+            "ntkit.linalg.EmpiricalKernel",
+            type(self.model).__module__,
+            type(self.model).__qualname__,
+            repr(self.model),
+            *[part for pair in state for part in pair],
+            *_flat(self._ntk_kwargs),
+            self.x1,
+            self.x2,
+        )
 
     def cross(self, x_test: Array, **kwargs: int | bool | None) -> EmpiricalKernel:
         """The operator T(x_test, x1) of the same model."""
@@ -358,6 +464,21 @@ class EmpiricalKernel(_InputsKernel):
         return EmpiricalKernel(
             self.model, as_float_tensor(x_test, "x_test", ndim=None, like=self.x1), self.x1, **kwargs
         )
+
+
+def _flat(options: dict[str, Any]) -> list[object]:
+    """Keyword arguments as names, tensors and reprs for a fingerprint (a tensor's repr elides its entries)."""
+    out: list[object] = []
+    for name in sorted(options):
+        value = options[name]
+        out.append(name)
+        if isinstance(value, dict):
+            out.extend(_flat(value))
+        elif isinstance(value, torch.Tensor):
+            out.append(value)
+        else:
+            out.append(repr(value))
+    return out
 
 
 def as_operator(value: KernelOperator | Array | dask.array.Array, name: str = "kernel") -> KernelOperator:
