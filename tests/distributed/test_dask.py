@@ -6,7 +6,7 @@ import torch
 from dask import distributed  # installed by the test extra (pyproject.toml), as .ci/run does
 
 import ntkit
-from ntkit import linalg
+from ntkit import linalg, tiling
 from ntkit.distributed import kernel
 
 
@@ -45,3 +45,49 @@ def test_dask_kernel_and_cg_on_a_cluster(client):
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+class Counting:
+    """An architecture that counts its kernel calls and, past `fail_after` of them, fails (a lost cluster)."""
+
+    def __init__(self, arch, fail_after=None):
+        self.arch = arch
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def kernel(self, x1, x2=None, **kwargs):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("interrupted")
+        return self.arch.kernel(x1, x2, **kwargs)
+
+    def fingerprint(self):
+        return self.arch.fingerprint()
+
+
+def test_interrupted_computation_resumes_from_the_store(tmp_path):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    arch = ntkit.mlp(2, 32, b_std=0.2)
+    expected = kernel(arch, x, chunk_size=16).compute(scheduler="synchronous")  # 4 x 4 blocks, 10 computed
+    store = tmp_path / "k"
+    flaky = Counting(arch, fail_after=4)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        kernel(flaky, x, chunk_size=16, store=store).compute(scheduler="synchronous")
+    assert len(list(store.glob("block_*.crc32"))) == 4  # what finished before the failure is on disk
+    again = Counting(arch)
+    got = kernel(again, x, chunk_size=16, store=store).compute(scheduler="synchronous")
+    assert again.calls == 10 - 4  # only the blocks that were missing
+    np.testing.assert_array_equal(got, expected)
+    third = Counting(arch)
+    np.testing.assert_array_equal(kernel(third, x, chunk_size=16, store=store).compute(), expected)
+    assert third.calls == 0
+    with pytest.raises(tiling.StoreError, match="different computation"):
+        kernel(arch, x, chunk_size=8, store=store)
+    # one flipped entry in a finished block is reported with its file, never returned
+    block = store / "block_0_2.npy"
+    damaged = np.load(block)
+    damaged[3, 5] = np.nextafter(damaged[3, 5], np.inf)
+    np.save(block, damaged)
+    with pytest.raises(tiling.StoreError, match=r"block_0_2\.npy does not match its checksum"):
+        kernel(arch, x, chunk_size=16, store=store).compute(scheduler="synchronous")
