@@ -11,6 +11,7 @@ import contextlib
 import html
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +230,24 @@ def embedded_png(path: Path, alt: str) -> str:
     """An <img> carrying the PNG at ``path`` inside the page (base64), so the page needs no other file."""
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}">'
+
+
+def check_out_folder(out: str | os.PathLike, option: str = "--out") -> Path:
+    """``out`` as a Path, once it is known that a folder can be made or written there; creates nothing.
+
+    Raises:
+        ValueError: one line naming ``option`` when ``out`` is a file, lies inside a file, or its nearest
+            existing folder is not writable.
+    """
+    directory = Path(out).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{option} {out}: is a file, not a folder; name a folder (it is created if needed)")
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {out}: {existing} is a file, so no folder can be made inside it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the folder" if existing == directory else f"{existing}, where it would be made,"
+        raise ValueError(f"{option} {out}: {where} is not writable; choose a folder you can write to")
+    return directory

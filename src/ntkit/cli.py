@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "out", None) is not None:
             # every command with --out: a file, or a folder that cannot be written, stops it before any work
-            from .report._output import check_out_folder
+            from ._artifacts import check_out_folder
 
             check_out_folder(args.out)
         status = importlib.import_module(args._module).run(args)

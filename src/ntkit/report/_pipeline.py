@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._artifacts import check_out_folder
 from .._artifacts import one_cpu_thread as _one_cpu_thread
 from .._artifacts import write_atomic as _write_atomic
 from ._base import SectionResult, to_json
 from ._html import render_html
-from ._output import check_out_folder
 from ._plot import style
 from .config import ConfigError, dump_toml, load_config, resolve_config
 from .data import data_fingerprint
