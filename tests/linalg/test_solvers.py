@@ -68,14 +68,18 @@ def test_conv_and_empirical_operators():
 def test_solvers_equal_dense_solve(problem, method, preconditioner):
     arch, x, y, k = problem
     op = linalg.ArchKernel(arch, x, memory_budget=2**19)
+    # CG's coefficient error is at most cond(K + shift I) ~ 2e3 times its relative residual: ask for 1e-12
+    tol = 1e-12 if method == "cg" else None
     sol = linalg.solve(
-        op, y, diag_reg=1e-2, method=method, preconditioner=preconditioner, rank=40, max_iter=500
+        op, y, diag_reg=1e-2, method=method, preconditioner=preconditioner, rank=40, max_iter=500, tol=tol
     )
     assert sol.method == method and sol.coef.dtype == F64
     torch.testing.assert_close(sol.coef, _reference(k.ntk, y, 1e-2), rtol=1e-7, atol=1e-7)
     if method == "cg":
-        assert sol.residual <= 1e-8
-    one = linalg.solve(k.ntk.numpy(), y[:, 0].numpy(), diag_reg=1e-2, method=method, rank=40, max_iter=500)
+        assert sol.residual <= 1e-12
+    one = linalg.solve(
+        k.ntk.numpy(), y[:, 0].numpy(), diag_reg=1e-2, method=method, rank=40, max_iter=500, tol=tol
+    )
     assert one.coef.shape == (150,)  # 1-D labels stay 1-D; numpy in, torch out
     torch.testing.assert_close(one.coef, _reference(k.ntk, y[:, :1], 1e-2)[:, 0], rtol=1e-7, atol=1e-7)
 
@@ -162,3 +166,20 @@ def test_progress_bar_only_when_asked(problem, capsys):
     linalg.solve(k.ntk, y, diag_reg=1e-2, method="cg", progress=True)
     assert "conjugate gradients" in capsys.readouterr().err
     assert np.isfinite(float(k.ntk.sum()))
+
+
+@pytest.mark.parametrize("method", ["cholesky", "eigh", "cg", "nystrom"])
+def test_training_weights_are_the_map_from_labels_to_predictions(problem, method):
+    arch, x, y, k = problem
+    op = linalg.ArchKernel(arch, x, memory_budget=2**19)
+    sol = linalg.solve(op, y, diag_reg=1e-2, method=method, rank=40, n_centers=150, tol=1e-11)
+    xt = x[:12] * 0.7
+    c = arch.kernel(xt, x, get="ntk").ntk
+    w = linalg.training_weights(op, sol, c, tol=1e-11)
+    expected = _reference(k.ntk, c.T, 1e-2)  # (K + shift I)^-1 K(X, x), dense
+    torch.testing.assert_close(w, expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(w.T @ y, sol.predict(op.cross(xt)), rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="k_test_train must have shape"):
+        linalg.training_weights(op, sol, c[:, :10])
+    with pytest.raises(TypeError, match="solution"):
+        linalg.training_weights(op, sol.coef, c)
