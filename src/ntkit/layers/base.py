@@ -36,6 +36,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -318,6 +319,23 @@ def _feed(digest: Any, value: object, depth: int = 0) -> None:
         t = value.detach().to("cpu").contiguous()
         digest.update(f"tensor:{t.dtype}:{tuple(t.shape)};".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        digest.update(f"ndarray:{value.dtype.str}:{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, np.generic) and not isinstance(value, np.object_):
+        digest.update(f"numpy:{value.dtype.str}:".encode())
+        _feed(digest, value.item(), depth + 1)
+    elif isinstance(value, dict):
+        # keys sorted by their repr, so that equal dicts built in another order agree
+        digest.update(f"dict[{len(value)}](".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, (key, value[key]), depth + 1)
+        digest.update(b")")
+    elif isinstance(value, (set, frozenset)):
+        digest.update(f"set[{len(value)}](".encode())
+        for item in sorted(value, key=repr):
+            _feed(digest, item, depth + 1)
+        digest.update(b")")
     elif isinstance(value, torch.dtype):
         digest.update(f"dtype:{value};".encode())
     elif callable(value):
@@ -367,6 +385,10 @@ def _feed_callable(digest: Any, fn: Callable, depth: int) -> None:
     _feed(digest, (fn.__defaults__, tuple(sorted((fn.__kwdefaults__ or {}).items()))), depth + 1)
     for cell in fn.__closure__ or ():
         _feed(digest, cell.cell_contents, depth + 1)
+    # The globals it reads are part of what it computes, as its closure is: a global list, dict or array
+    # changed between two calls is another function. What cannot be identified by content (an arbitrary
+    # object) is refused rather than skipped, which would let a changed object reuse a stale kernel.
+    # (co_names also holds attribute names; those that are no global of the function's module are skipped.)
     globals_ = getattr(fn, "__globals__", {})
     for name in code.co_names:
         if name not in globals_:
@@ -374,6 +396,6 @@ def _feed_callable(digest: Any, fn: Callable, depth: int) -> None:
         value = globals_[name]
         if isinstance(value, types.ModuleType):
             digest.update(f"global-module:{name}={value.__name__};".encode())
-        elif isinstance(value, (bool, int, float, str, tuple, torch.Tensor)) or callable(value):
+        else:
             digest.update(f"global:{name}=".encode())
             _feed(digest, value, depth + 1)
