@@ -131,3 +131,35 @@ def test_bad_parameters_are_refused_in_fit():
             model.fit(X, Y)
     with pytest.raises(ValueError, match="NaN"):
         NTKRegressor().fit(X, np.where(Y > 0, np.nan, Y))
+
+
+@pytest.mark.parametrize("kernel", ["nngp", "ntk"])
+@pytest.mark.parametrize("solver", ["cg", "nystrom"])
+def test_posterior_of_iterative_solvers_equals_the_dense_route(kernel, solver):
+    arch = ntkit.mlp(2, 64, b_std=0.3)
+    dense = NTKRegressor(arch, kernel=kernel, diag_reg=1e-2, solver="cholesky").fit(X, Y)
+    mean, cov = dense.predict(XT, return_cov=True)
+    # a small budget: the test points go through training_weights and the std in several batches
+    tol = 1e-12 if solver == "cg" else 1e-10  # FALKON's system is K^2 + shift K: worse conditioned
+    model = NTKRegressor(arch, kernel=kernel, diag_reg=1e-2, solver=solver, n_centers=80, tol=tol,
+                         memory_budget=2**15).fit(X, Y)  # fmt: skip
+    m2, c2 = model.predict(XT, return_cov=True)
+    np.testing.assert_allclose(m2, mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c2, cov, rtol=1e-7, atol=1e-10)
+    _, std = model.predict(XT, return_std=True)
+    np.testing.assert_allclose(std, np.sqrt(np.diag(cov)), rtol=1e-6, atol=1e-9)
+
+
+def test_posterior_of_nystrom_with_fewer_centres_is_that_of_its_own_predictor():
+    arch = ntkit.mlp(2, 64, b_std=0.3)
+    model = NTKRegressor(arch, diag_reg=1e-2, solver="nystrom", n_centers=30, tol=1e-10).fit(X, Y)
+    s = model.solution_.support.numpy()
+    t, k = _dense(arch, "ntk", X), _dense(arch, "nngp", X)
+    tc, kc, kxx = _dense(arch, "ntk", XT, X), _dense(arch, "nngp", XT, X), _dense(arch, "nngp", XT)
+    shift = 1e-2 * np.trace(t) / 80
+    h = t[:, s].T @ t[:, s] + shift * t[np.ix_(s, s)]
+    a = tc[:, s] @ np.linalg.solve(h, t[:, s].T)  # the Nystrom predictor's map y -> f(x), written out
+    mean, cov = model.predict(XT, return_cov=True)
+    np.testing.assert_allclose(mean, a @ Y, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(cov, kxx + a @ k @ a.T - a @ kc.T - kc @ a.T, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(cov, NTKRegressor(arch, diag_reg=1e-2).fit(X, Y).predict(XT, return_cov=True)[1])

@@ -247,6 +247,9 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         initialisations, K_xx + A K A^T - A K_Xx - K_xX A^T with A = C (C_XX + shift I)^-1 (C the chosen kernel, K
         the NNGP). With diag_reg=0 and kernel="nngp" it is sklearn's GaussianProcessRegressor posterior; with
         diag_reg > 0 the regularisation acts on the inverted kernel only (ntkit's convention), not as noise.
+        With solver_ "cg" or "nystrom" nothing dense of size n x n is formed: A^T = W comes from
+        `ntkit.linalg.training_weights` (CG against the cross-kernel columns, with the fit's preconditioner, in
+        batches of test points), and for "nystrom" A is the Nystrom predictor's own map (exact when n_centers=n).
         """
         if return_std and return_cov:
             raise ValueError("at most one of return_std and return_cov can be requested")
@@ -254,18 +257,46 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         mean_out = mean[:, 0] if self._y_1d else mean
         if not (return_std or return_cov):
             return self._out(mean_out, X)
-        cov = self._posterior_cov(X)
-        extra = torch.sqrt(torch.diagonal(cov).clamp(min=0)) if return_std else cov
+        cov = self._posterior_cov(X, diagonal_only=return_std)
+        variance = cov if cov.ndim == 1 else torch.diagonal(cov)
+        extra = torch.sqrt(variance.clamp(min=0)) if return_std else cov
         return self._out(mean_out, X), self._out(extra, X)
 
-    def _posterior_cov(self, X: Any) -> torch.Tensor:
+    def _iterative_cov(self, x: torch.Tensor, diagonal_only: bool) -> torch.Tensor:
+        """The posterior covariance (m, m), or its diagonal (m,), at t = inf without the dense kernel, for
+        solver_ "cg" or "nystrom": W = A^T by `ntkit.linalg.training_weights` (the fit's route, preconditioner
+        and rank), then K_xx + W^T K W - W^T K_Xx - K_xX W with products by the NNGP operator K, in batches of
+        test points (for the diagonal) so that W takes at most a quarter of the memory budget."""
+        n, m = self._x.shape[0], x.shape[0]
+        budget = self.memory_budget
+        train = linalg.ArchKernel(self.arch_, self._x, get=self.kernel, memory_budget=budget)
+        nngp = train if self.kernel == "nngp" else linalg.ArchKernel(self.arch_, self._x, get="nngp",
+                                                                     memory_budget=budget)  # fmt: skip
+        options = {"tol": self.tol, "seed": 0}
+        if not diagonal_only:
+            w = linalg.training_weights(train, self.solution_, self._k(x, self._x), **options)
+            cross = self._k(self._x, x, get="nngp")  # K(X, x), (n, m)
+            aw = w.T @ cross
+            cov = self._k(x, None, get="nngp") + w.T @ nngp.matmul(w) - aw - aw.T
+            return (cov + cov.T) / 2
+        room = (train.memory_budget // 4) // (3 * n * x.element_size())
+        batch = max(1, min(m, room))
+        diag = torch.empty(m, dtype=x.dtype, device=x.device)
+        for i in range(0, m, batch):
+            xb = x[i : i + batch]
+            w = linalg.training_weights(train, self.solution_, self._k(xb, self._x), **options)
+            cross = self._k(self._x, xb, get="nngp")
+            kxx = linalg.ArchKernel(self.arch_, xb, get="nngp", memory_budget=budget, cache=False).diagonal()
+            diag[i : i + batch] = kxx + (w * nngp.matmul(w)).sum(0) - 2.0 * (w * cross).sum(0)
+        return diag
+
+    def _posterior_cov(self, X: Any, diagonal_only: bool = False) -> torch.Tensor:
+        """The posterior covariance (m, m); with diagonal_only the iterative routes give only its diagonal (m,)."""
         from ..predict import gp_inference, gradient_descent_mse_ensemble
 
-        if self.solver_ not in ("cholesky", "eigh"):
-            raise ValueError(
-                f"return_std / return_cov need a dense solver; this fit used solver_={self.solver_!r}"
-            )
         x = self._inputs(X, reset=False)
+        if self.solver_ in ("cg", "nystrom"):
+            return self._iterative_cov(x, diagonal_only)
         if self.t is None:
             k = self.arch_.kernel(self._x, None)
             c = self.arch_.kernel(x, self._x)

@@ -4,7 +4,8 @@
   `DenseKernel` (a matrix in memory); products, columns and diagonals within a memory budget, blocks cached
   while they fit;
 - `solve(kernel, y, diag_reg=..., method="auto" | "cholesky" | "eigh" | "cg" | "nystrom")`: kernel regression
-  coefficients, with the route taken reported on the returned `Solution`;
+  coefficients, with the route taken reported on the returned `Solution`; `training_weights` the (n, m)
+  weights of the training labels in m test predictions (for posterior covariances), by the same route;
 - `conjugate_gradients` with `LowRankPreconditioner` (Nystrom or pivoted-Cholesky factors); non-convergence
   raises `ConvergenceError` (or warns with `ConvergenceWarning`), stating the residual reached.
 """
@@ -19,7 +20,7 @@ from .cg import (
     pivoted_cholesky,
 )
 from .operators import ArchKernel, DenseKernel, EmpiricalKernel, KernelOperator, as_operator
-from .solve import DENSE_MAX_N, METHODS, Solution, dense_fits, solve
+from .solve import DENSE_MAX_N, METHODS, Solution, dense_fits, solve, training_weights
 
 __all__ = [
     "DENSE_MAX_N",
@@ -39,4 +40,5 @@ __all__ = [
     "nystrom_factor",
     "pivoted_cholesky",
     "solve",
+    "training_weights",
 ]

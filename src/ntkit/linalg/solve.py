@@ -39,7 +39,7 @@ from .operators import DenseKernel, KernelOperator, as_operator
 if TYPE_CHECKING:
     import dask.array
 
-__all__ = ["DENSE_MAX_N", "METHODS", "Solution", "dense_fits", "solve"]
+__all__ = ["DENSE_MAX_N", "METHODS", "Solution", "dense_fits", "solve", "training_weights"]
 
 METHODS = ("auto", "cholesky", "eigh", "cg", "nystrom")
 DENSE_MAX_N = 20_000
@@ -53,7 +53,8 @@ class Solution:
 
     Attributes: `coef` ((n, k) or (n,) like y; (M, ...) on the centres for "nystrom"), `support` (None: all
     training points; else the centre indices), `method` (the route taken), `shift` (the absolute diagonal
-    regularisation), `iterations` and `residual` (CG's relative residual; 0 and None for dense routes).
+    regularisation), `iterations` and `residual` (CG's relative residual; 0 and None for dense routes),
+    `preconditioner` and `rank` (CG's, so `training_weights` solves with the same ones).
     """
 
     coef: torch.Tensor
@@ -62,6 +63,8 @@ class Solution:
     shift: float
     iterations: int = 0
     residual: float | None = None
+    preconditioner: str | None = None
+    rank: int | None = None
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -159,13 +162,95 @@ def solve(
             on_nonconvergence=on_nonconvergence, what="K + shift I",
         )  # fmt: skip
         coef = result.x
-        return Solution(coef[:, 0] if was_1d else coef, None, "cg", shift, result.iterations, result.residual)
+        return Solution(
+            coef[:, 0] if was_1d else coef, None, "cg", shift, result.iterations, result.residual,
+            preconditioner, rank,
+        )  # fmt: skip
     m = min(n, 1000) if n_centers is None else check_int(n_centers, "n_centers", minimum=1)
     if m > n:
         raise ValueError(f"n_centers={m} exceeds the number of training points {n}")
     centers = torch.randperm(n, generator=generator)[:m].sort().values
-    coef, iterations, residual = _falkon(op, y2, centers, shift, tol, max_iter, progress, on_nonconvergence)
+    system = _Falkon(op, centers, shift)
+    coef, iterations, residual = system.solve(system.knm.transpose_product(y2), tol, max_iter, progress,
+                                              on_nonconvergence)  # fmt: skip
     return Solution(coef[:, 0] if was_1d else coef, centers, "nystrom", shift, iterations, residual)
+
+
+def training_weights(
+    kernel: KernelOperator | Array | dask.array.Array,
+    solution: Solution,
+    k_test_train: Array,
+    *,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    on_nonconvergence: str = "raise",
+) -> torch.Tensor:
+    """W (n, m) with `solution`'s test predictions = W^T y: the weight of every training label in each of them.
+
+    The predictions of every route are linear in y, f(x) = A(x) y, and W = A^T. Cholesky, eigh and CG (same
+    preconditioner kind and rank, drawn with `seed`): W = (K + shift I)^+ K(X, x). Nystrom with centres S:
+    W = K_nS (K_nS^T K_nS + shift K_SS)^-1 K(S, x), by CG with FALKON's preconditioner; by the push-through
+    identity this is (K~ + shift I)^-1 K~(X, x) for the Nystrom kernel K~ = K_nS K_SS^-1 K_Sn, so it is the
+    exact W when S is every point. What needs W: the posterior covariance of an ensemble,
+    K(x, x') + W^T K W - W^T K(X, x') - K(x, X) W (Lee et al. 2019, eq. 16 at t = inf), and leave-out analyses.
+
+    Args:
+        kernel: the training kernel K(X, X) that `solution` was solved with (operator or matrix).
+        solution: what `solve` returned for it.
+        k_test_train: K(x, X), (m, n), a matrix (the columns on the centres are used for "nystrom").
+        tol, max_iter, progress, on_nonconvergence: as in `solve`, for the CG routes; the m right-hand sides
+            are solved together in batches that keep CG's five (n, batch) vectors within the operator's
+            memory budget.
+    """
+    if not isinstance(solution, Solution):
+        raise TypeError(
+            f"solution must be an ntkit.linalg.Solution (from solve), got {type(solution).__name__}"
+        )
+    op = as_operator(kernel, "kernel")
+    n = op.shape[0]
+    c = as_float_tensor(k_test_train, "k_test_train", ndim=2).to(dtype=op.dtype, device=op.device)
+    if c.shape[1] != n or op.shape[0] != op.shape[1]:
+        raise ValueError(
+            f"k_test_train must have shape (m, {n}) against the {op.shape[0]} x {op.shape[1]} training kernel, got "
+            f"{tuple(c.shape)}"
+        )
+    m = c.shape[0]
+    out = torch.empty((n, m), dtype=op.dtype, device=op.device)
+    batch = max(1, min(m, op.memory_budget // (6 * n * op.dtype.itemsize)))
+    if solution.method == "nystrom":
+        system = _Falkon(op, solution.support, solution.shift)
+        cs = c[:, solution.support.to(c.device)]
+        for i in range(0, m, batch):
+            beta, _, _ = system.solve(
+                cs[i : i + batch].T.contiguous(), tol, max_iter, progress, on_nonconvergence
+            )
+            out[:, i : i + batch] = system.knm.product(beta)
+        return out
+    if solution.method in ("cholesky", "eigh"):
+        k = op.to_dense()
+        fn = _cholesky if solution.method == "cholesky" else _eigh
+        for i in range(0, m, batch):
+            out[:, i : i + batch] = fn(k, c[i : i + batch].T.contiguous(), solution.shift)
+        return out
+    if solution.method != "cg":
+        raise ValueError(f"solution.method must be one of {METHODS[1:]}, got {solution.method!r}")
+    rank = solution.rank if solution.rank is not None else min(n, max(100, int(2 * math.sqrt(n))))
+    pre = build_preconditioner(op, solution.preconditioner, rank, solution.shift,
+                               torch.Generator().manual_seed(check_int(seed, "seed", minimum=0)))  # fmt: skip
+    shift = solution.shift
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return op.matmul(v) + shift * v if shift else op.matmul(v)
+
+    for i in range(0, m, batch):
+        result = conjugate_gradients(
+            matvec, c[i : i + batch].T.contiguous(), precondition=pre, tol=tol, max_iter=max_iter,
+            progress=progress, on_nonconvergence=on_nonconvergence, what="K + shift I (training weights)",
+        )  # fmt: skip
+        out[:, i : i + batch] = result.x
+    return out
 
 
 def _cholesky(k: torch.Tensor, y: torch.Tensor, shift: float) -> torch.Tensor:
@@ -239,57 +324,73 @@ class _CrossToCenters:
             out += self.op.block(rows, self.centers).T @ y[rows]
         return out
 
+    def product(self, beta: torch.Tensor) -> torch.Tensor:
+        """K_nM @ beta, (n, k)."""
+        if self.matrix is not None:
+            return self.matrix @ beta
+        n = self.op.shape[0]
+        out = torch.empty((n, beta.shape[1]), dtype=beta.dtype, device=beta.device)
+        for i in range(0, n, self.rows):
+            rows = slice(i, min(i + self.rows, n))
+            out[rows] = self.op.block(rows, self.centers) @ beta
+        return out
+
     def centers_block(self) -> torch.Tensor:
         if self.matrix is not None:
             return self.matrix[self.centers.to(self.matrix.device)]
         return self.op.block(self.centers, self.centers)
 
 
-def _falkon(
-    op: KernelOperator,
-    y: torch.Tensor,
-    centers: torch.Tensor,
-    shift: float,
-    tol: float | None,
-    max_iter: int | None,
-    progress: bool | None,
-    on_nonconvergence: str,
-) -> tuple[torch.Tensor, int, float]:
-    """beta of (K_nM^T K_nM + shift K_MM) beta = K_nM^T y by CG with FALKON's preconditioner B = T^-1 A^-1.
+class _Falkon:
+    """The Nystrom system H beta = r, H = K_nM^T K_nM + shift K_MM, by CG with FALKON's preconditioner B = T^-1 A^-1.
 
     T^T T = K_MM (+ jitter), A^T A = (n / M) T T^T + shift I, so B^T H B ~ I when K_nM^T K_nM ~ (n/M) K_MM^2.
     """
-    n, m = op.shape[0], centers.numel()
-    knm = _CrossToCenters(op, centers)
-    kmm = knm.centers_block()
-    kmm = (kmm + kmm.T) / 2
-    eye = torch.eye(m, dtype=op.dtype, device=op.device)
-    jitter = m * torch.finfo(op.dtype).eps * float(torch.diagonal(kmm).mean())
-    t_up = _upper_cholesky(kmm + jitter * eye, "K(centres, centres)")
-    a_up = _upper_cholesky((n / m) * (t_up @ t_up.T) + shift * eye, "the FALKON preconditioner")
 
-    def b_apply(u: torch.Tensor) -> torch.Tensor:  # B u = T^-1 A^-1 u
-        return torch.linalg.solve_triangular(
-            t_up, torch.linalg.solve_triangular(a_up, u, upper=True), upper=True
+    def __init__(self, op: KernelOperator, centers: torch.Tensor, shift: float) -> None:
+        n, m = op.shape[0], centers.numel()
+        self.op = op
+        self.shift = shift
+        self.knm = _CrossToCenters(op, centers)
+        kmm = self.knm.centers_block()
+        self.kmm = (kmm + kmm.T) / 2
+        eye = torch.eye(m, dtype=op.dtype, device=op.device)
+        jitter = m * torch.finfo(op.dtype).eps * float(torch.diagonal(self.kmm).mean())
+        self.t_up = _upper_cholesky(self.kmm + jitter * eye, "K(centres, centres)")
+        self.a_up = _upper_cholesky(
+            (n / m) * (self.t_up @ self.t_up.T) + shift * eye, "the FALKON preconditioner"
         )
 
-    def bt_apply(v: torch.Tensor) -> torch.Tensor:  # B^T v = A^-T T^-T v
-        w = torch.linalg.solve_triangular(t_up.T, v, upper=False)
-        return torch.linalg.solve_triangular(a_up.T, w, upper=False)
+    def _b(self, u: torch.Tensor) -> torch.Tensor:  # B u = T^-1 A^-1 u
+        inner = torch.linalg.solve_triangular(self.a_up, u, upper=True)
+        return torch.linalg.solve_triangular(self.t_up, inner, upper=True)
 
-    def matvec(u: torch.Tensor) -> torch.Tensor:
-        beta = b_apply(u)
-        h = knm.gram_product(beta)
-        if shift:
-            h = h + shift * (kmm @ beta)
-        return bt_apply(h)
+    def _bt(self, v: torch.Tensor) -> torch.Tensor:  # B^T v = A^-T T^-T v
+        w = torch.linalg.solve_triangular(self.t_up.T, v, upper=False)
+        return torch.linalg.solve_triangular(self.a_up.T, w, upper=False)
 
-    rhs = bt_apply(knm.transpose_product(y))
-    result = conjugate_gradients(
-        matvec, rhs, tol=default_tol(op.dtype) if tol is None else tol, max_iter=max_iter, progress=progress,
-        on_nonconvergence=on_nonconvergence, what="the preconditioned Nystrom system",
-    )  # fmt: skip
-    return b_apply(result.x), result.iterations, result.residual
+    def solve(
+        self,
+        rhs: torch.Tensor,
+        tol: float | None,
+        max_iter: int | None,
+        progress: bool | None,
+        on_nonconvergence: str,
+    ) -> tuple[torch.Tensor, int, float]:
+        """beta = H^-1 rhs for rhs (M, k), with CG's iterations and relative residual."""
+
+        def matvec(u: torch.Tensor) -> torch.Tensor:
+            beta = self._b(u)
+            h = self.knm.gram_product(beta)
+            if self.shift:
+                h = h + self.shift * (self.kmm @ beta)
+            return self._bt(h)
+
+        result = conjugate_gradients(
+            matvec, self._bt(rhs), tol=default_tol(self.op.dtype) if tol is None else tol, max_iter=max_iter,
+            progress=progress, on_nonconvergence=on_nonconvergence, what="the preconditioned Nystrom system",
+        )  # fmt: skip
+        return self._b(result.x), result.iterations, result.residual
 
 
 def _upper_cholesky(a: torch.Tensor, what: str) -> torch.Tensor:
