@@ -22,13 +22,14 @@ from .activations import (
     c_sigma,
     edge_of_chaos,
 )
-from .base import KernelState, Layer, LayerError
+from .base import Layer
 from .combinators import FanInConcat, FanInSum, FanOut, Parallel, Residual, Serial, mlp
 from .conv import Conv, NTKConv
 from .dense import Dense, NTKLinear
 from .kernel import Kernel, KernelUnderflowWarning
 from .norm import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool
+from .state import KernelState, LayerError
 
 __all__ = [
     "GELU",

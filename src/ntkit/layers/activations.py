@@ -29,7 +29,8 @@ from torch.nn import functional as F
 
 from .._validation import check_int, check_real
 from . import _elementwise, _quadrature
-from .base import KernelState, Layer, LayerError, Shape
+from .base import Layer
+from .state import KernelState, LayerError, Shape
 
 __all__ = [
     "GELU",

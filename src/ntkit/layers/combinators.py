@@ -17,8 +17,9 @@ from torch import nn
 
 from .._validation import check_int
 from .activations import Activation, ReLU
-from .base import KernelState, Layer, LayerError, Shape
+from .base import Layer
 from .dense import Dense
+from .state import KernelState, LayerError, Shape
 
 MultiShape = Shape | tuple[Shape, ...]
 MultiState = KernelState | tuple[KernelState, ...]

@@ -29,8 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_choice, check_int
-from .base import KernelState, Layer, LayerError, Shape
+from .base import Layer
 from .dense import _set_affine
+from .state import KernelState, LayerError, Shape
 
 PADDINGS = ("same", "valid", "circular")
 

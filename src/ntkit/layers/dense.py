@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_int, check_real
-from .base import KernelState, Layer, LayerError, Shape
+from .base import Layer
+from .state import KernelState, LayerError, Shape
 
 PARAMETRIZATIONS = ("ntk", "standard")
 

@@ -7,12 +7,16 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import tiling
 from .._validation import as_float_tensor, check_choice, check_real
-from .base import KernelState, Layer, LayerError, SelfCovarianceTape
+from .state import KernelState, LayerError, SelfCovarianceTape
+
+if TYPE_CHECKING:
+    from .base import Layer
 
 
 @dataclass(frozen=True)

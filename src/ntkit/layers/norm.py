@@ -17,7 +17,8 @@ from torch import nn
 
 from .._validation import check_real
 from ._quadrature import _safe_rsqrt
-from .base import KernelState, Layer, Shape
+from .base import Layer
+from .state import KernelState, Shape
 
 
 class _ChannelNorm(nn.Module):

@@ -22,8 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_choice
-from .base import KernelState, Layer, LayerError, Shape
+from .base import Layer
 from .conv import _axes, _check_spatial, _per_axis, _tuple, window_sum
+from .state import KernelState, LayerError, Shape
 
 
 class _AvgPoolModule(nn.Module):
