@@ -91,3 +91,19 @@ def test_interrupted_computation_resumes_from_the_store(tmp_path):
     np.save(block, damaged)
     with pytest.raises(tiling.StoreError, match=r"block_0_2\.npy does not match its checksum"):
         kernel(arch, x, chunk_size=16, store=store).compute(scheduler="synchronous")
+
+
+def test_linalg_wraps_a_dask_array_without_importing_distributed():
+    # The dependency runs one way (distributed -> linalg): as_operator must recognise a dask array by itself,
+    # so a fresh interpreter that only imports linalg never loads ntkit.distributed.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, dask.array as da, ntkit.linalg as la\n"
+        "op = la.as_operator(da.from_array(np.eye(4), chunks=2))\n"
+        "assert type(op).__name__ == 'DaskKernel', type(op)\n"
+        "assert float(op.matmul(np.ones(4)).sum()) == 4.0\n"
+        "assert 'ntkit.distributed' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

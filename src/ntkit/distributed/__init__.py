@@ -38,11 +38,9 @@ import torch
 
 from .. import tiling
 from .._validation import Array, HasKernel, as_float_tensor
-from ..linalg.operators import KernelOperator
+from ..linalg import DaskKernel
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import dask.array
 
 __all__ = ["DaskKernel", "kernel"]
@@ -247,43 +245,3 @@ def kernel(
             row.append(da.from_delayed(task, shape=shape, dtype=a.dtype))
         rows.append(row)
     return da.block(rows)
-
-
-class DaskKernel(KernelOperator):
-    """A dask array kernel (n1, n2) as a `KernelOperator`: products, columns and diagonal computed by Dask."""
-
-    def __init__(self, array: dask.array.Array) -> None:
-        _dask()
-        if array.ndim != 2:
-            raise ValueError(f"a kernel must be 2-D, got shape {array.shape}")
-        dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
-        n1, n2 = array.shape
-        super().__init__(n1, n2, dtype=dtype, device=torch.device("cpu"), symmetric=False, cache=False)
-        self.array = array
-
-    def matmul(self, v: Array) -> torch.Tensor:
-        v = as_float_tensor(v, "v", ndim=None).to(self.dtype)
-        if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
-            raise ValueError(
-                f"v must have shape ({self.shape[1]},) or ({self.shape[1]}, k), got {tuple(v.shape)}"
-            )
-        return torch.from_numpy(np.asarray((self.array @ v.cpu().numpy()).compute()))
-
-    __matmul__ = matmul
-
-    def _block(self, rows: Any, cols: Any) -> torch.Tensor:
-        r = rows if isinstance(rows, slice) else rows.cpu().numpy()
-        c = r if cols is None else (cols if isinstance(cols, slice) else cols.cpu().numpy())
-        sub = self.array[r][:, c]
-        return torch.from_numpy(np.ascontiguousarray(sub.compute()))
-
-    def columns(self, index: Sequence[int] | Array) -> torch.Tensor:
-        idx = np.asarray(torch.as_tensor(index, dtype=torch.long).reshape(-1))
-        return torch.from_numpy(np.ascontiguousarray(self.array[:, idx].compute()))
-
-    def diagonal(self) -> torch.Tensor:
-        _, da = _dask()
-        return torch.from_numpy(np.ascontiguousarray(da.diagonal(self.array).compute()))
-
-    def to_dense(self) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.array.compute()))

@@ -1,8 +1,8 @@
 """Kernel linear algebra at scale: kernel operators computed block by block, and the solvers that use them.
 
 - operators: `ArchKernel` (an architecture's exact NNGP/NTK), `EmpiricalKernel` (a model's empirical NTK),
-  `DenseKernel` (a matrix in memory); products, columns and diagonals within a memory budget, blocks cached
-  while they fit;
+  `DenseKernel` (a matrix in memory), `DaskKernel` (a dask array, e.g. from `ntkit.distributed.kernel`);
+  products, columns and diagonals within a memory budget, blocks cached while they fit;
 - `solve(kernel, y, diag_reg=..., method="auto" | "cholesky" | "eigh" | "cg" | "nystrom")`: kernel regression
   coefficients, with the route taken reported on the returned `Solution`; `training_weights` the (n, m)
   weights of the training labels in m test predictions (for posterior covariances), by the same route;
@@ -19,7 +19,7 @@ from .cg import (
     nystrom_factor,
     pivoted_cholesky,
 )
-from .operators import ArchKernel, DenseKernel, EmpiricalKernel, KernelOperator, as_operator
+from .operators import ArchKernel, DaskKernel, DenseKernel, EmpiricalKernel, KernelOperator, as_operator
 from .solve import DENSE_MAX_N, METHODS, Solution, dense_fits, solve, training_weights
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "CGResult",
     "ConvergenceError",
     "ConvergenceWarning",
+    "DaskKernel",
     "DenseKernel",
     "EmpiricalKernel",
     "KernelOperator",

@@ -466,6 +466,53 @@ class EmpiricalKernel(_InputsKernel):
         )
 
 
+class DaskKernel(KernelOperator):
+    """A dask array kernel (n1, n2) as a `KernelOperator`: products, columns and diagonal computed by Dask.
+
+    It lives here, not in `ntkit.distributed`, so that `as_operator` can wrap a dask array without importing
+    the package that builds such arrays (which itself imports linalg): the dependency runs one way. Only Dask
+    is needed, and only once an array is passed.
+    """
+
+    def __init__(self, array: dask.array.Array) -> None:
+        if not hasattr(array, "__dask_graph__"):
+            raise TypeError(f"array must be a dask.array.Array, got {type(array).__name__}")
+        if array.ndim != 2:
+            raise ValueError(f"a kernel must be 2-D, got shape {array.shape}")
+        dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+        n1, n2 = array.shape
+        super().__init__(n1, n2, dtype=dtype, device=torch.device("cpu"), symmetric=False, cache=False)
+        self.array = array
+
+    def matmul(self, v: Array) -> torch.Tensor:
+        v = as_float_tensor(v, "v", ndim=None).to(self.dtype)
+        if v.ndim not in (1, 2) or v.shape[0] != self.shape[1]:
+            raise ValueError(
+                f"v must have shape ({self.shape[1]},) or ({self.shape[1]}, k), got {tuple(v.shape)}"
+            )
+        return torch.from_numpy(np.asarray((self.array @ v.cpu().numpy()).compute()))
+
+    __matmul__ = matmul
+
+    def _block(self, rows: Any, cols: Any) -> torch.Tensor:
+        r = rows if isinstance(rows, slice) else rows.cpu().numpy()
+        c = r if cols is None else (cols if isinstance(cols, slice) else cols.cpu().numpy())
+        sub = self.array[r][:, c]
+        return torch.from_numpy(np.ascontiguousarray(sub.compute()))
+
+    def columns(self, index: Sequence[int] | Array) -> torch.Tensor:
+        idx = np.asarray(torch.as_tensor(index, dtype=torch.long).reshape(-1))
+        return torch.from_numpy(np.ascontiguousarray(self.array[:, idx].compute()))
+
+    def diagonal(self) -> torch.Tensor:
+        import dask.array as da  # present: `array` is a dask array
+
+        return torch.from_numpy(np.ascontiguousarray(da.diagonal(self.array).compute()))
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array.compute()))
+
+
 def _flat(options: dict[str, Any]) -> list[object]:
     """Keyword arguments as names, tensors and reprs for a fingerprint (a tensor's repr elides its entries)."""
     out: list[object] = []
@@ -488,8 +535,6 @@ def as_operator(value: KernelOperator | Array | dask.array.Array, name: str = "k
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return DenseKernel(value, name=name)
     if hasattr(value, "__dask_graph__"):
-        from ..distributed import DaskKernel  # optional: only when a dask array is passed
-
         return DaskKernel(value)
     raise TypeError(
         f"{name} must be a KernelOperator (ArchKernel, EmpiricalKernel, DenseKernel), a tensor or a numpy array, "
