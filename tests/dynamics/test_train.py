@@ -80,14 +80,18 @@ def test_kernel_drift_falls_with_width():
         per_seed = []
         for seed in (0, 1, 2):
             net = mlp(2, width).build(x_train.shape[1], seed=seed, dtype=DT)
+            start = _autograd_ntk(net, x_train) if width == widths[0] else None
             lr = 0.5 * max_learning_rate(_ntk(net, x_train), y_train_size=n)
             result = train(
                 net, x_train, y, learning_rate=lr, steps=50, record_every=50, track_ntk=True, ntk_fn=_ntk
             )
             assert result.ntk.shape == (2, n, n) and float(result.ntk_drift[0]) == 0.0
-            start, end = result.ntk
-            expected = torch.linalg.matrix_norm(end - start) / torch.linalg.matrix_norm(start)
-            torch.testing.assert_close(result.ntk_drift[1], expected)
+            if start is not None:
+                # The drift of the kernels before and after training, each from a row-by-row autograd
+                # Jacobian of the network itself (trained in place), not from the kernels train recorded.
+                end = _autograd_ntk(net, x_train)
+                expected = torch.linalg.matrix_norm(end - start) / torch.linalg.matrix_norm(start)
+                torch.testing.assert_close(result.ntk_drift[1], expected, rtol=1e-10, atol=0)
             per_seed.append(float(result.ntk_drift[-1]))
         drifts.append(float(np.exp(np.mean(np.log(per_seed)))))
     slope = np.polyfit(np.log(widths), np.log(drifts), 1)[0]
