@@ -205,6 +205,20 @@ def kernel(
         )
     a = as_float_tensor(x1, "x1", ndim=None).detach().cpu().numpy()
     b = None if x2 is None else as_float_tensor(x2, "x2", ndim=None).detach().cpu().numpy().astype(a.dtype)
+    # Dask builds the graph lazily: without these checks a bad shape would surface only inside a worker's task,
+    # after the cluster has started computing.
+    if a.ndim < 2:
+        raise ValueError(
+            f"x1 must have shape (n, ...) with the examples along its first axis, got shape {a.shape}"
+        )
+    if b is not None and b.shape[1:] != a.shape[1:]:
+        raise ValueError(
+            f"x1 and x2 must have the same per-example shape, got x1.shape={a.shape} and x2.shape={b.shape}"
+        )
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise TypeError(
+            f"store must be a directory path (str or os.PathLike) or None, got {type(store).__name__}"
+        )
     chunk = 1024 if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

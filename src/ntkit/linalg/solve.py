@@ -138,7 +138,8 @@ def solve(
     diag_reg = check_real(diag_reg, "diag_reg", minimum=0.0)
     seed = check_int(seed, "seed", minimum=0)
     y2, was_1d = _labels(y, n, op)
-    shift = diag_reg * float(op.diagonal().sum()) / n if diag_reg else 0.0
+    diagonal = _check_diagonal(op)
+    shift = diag_reg * float(diagonal.sum()) / n if diag_reg else 0.0
     if method == "auto":
         copies = (
             1.0 if isinstance(op, DenseKernel) else 2.0
@@ -216,6 +217,7 @@ def training_weights(
             f"k_test_train must have shape (m, {n}) against the {op.shape[0]} x {op.shape[1]} training kernel, got "
             f"{tuple(c.shape)}"
         )
+    _check_diagonal(op)
     m = c.shape[0]
     out = torch.empty((n, m), dtype=op.dtype, device=op.device)
     batch = max(1, min(m, op.memory_budget // (6 * n * op.dtype.itemsize)))
@@ -251,6 +253,28 @@ def training_weights(
         )  # fmt: skip
         out[:, i : i + batch] = result.x
     return out
+
+
+def _check_diagonal(op: KernelOperator) -> torch.Tensor:
+    """The diagonal of K, refused when an entry is negative beyond rounding.
+
+    Every PSD matrix has K_ii = e_i^T K e_i >= 0, and the diagonal costs O(n) entries, so this is the one
+    PSD test that is cheap before the O(n^2) work; other indefinite kernels are caught by the route itself
+    (Cholesky's failed pivot, CG's p^T A p <= 0, eigh's warning). The tolerance, 100 eps max|K_ii|, is far above
+    the rounding of a kernel entry computed in `op.dtype` and far below any real negative diagonal.
+    """
+    diagonal = op.diagonal()
+    if not bool(torch.isfinite(diagonal).all()):
+        raise ValueError("kernel has NaN or infinite diagonal entries; check the inputs it was computed from")
+    scale = float(diagonal.abs().max()) if diagonal.numel() else 0.0
+    low = float(diagonal.min()) if diagonal.numel() else 0.0
+    if low < -100 * torch.finfo(diagonal.dtype).eps * scale:
+        i = int(diagonal.argmin())
+        raise ValueError(
+            f"kernel is not positive semi-definite: its diagonal entry K[{i}, {i}] = {low:.3g} is negative "
+            f"(largest |K_ii| {scale:.3g}), which no PSD kernel has; check how the kernel was built"
+        )
+    return diagonal
 
 
 def _cholesky(k: torch.Tensor, y: torch.Tensor, shift: float) -> torch.Tensor:
