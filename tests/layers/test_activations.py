@@ -407,22 +407,80 @@ def test_fn_module_and_derivative(act):
     assert repr(act) in repr(module)
 
 
-def test_abs_linear_family_membership_and_parameters():
-    assert isinstance(ReLU(), AbsLinear) and (ReLU().a, ReLU().b) == (0.5, 0.5)
-    assert isinstance(Abs(), AbsLinear) and (Abs().a, Abs().b) == (0.0, 1.0)
-    leaky = LeakyReLU(0.1)
-    assert isinstance(leaky, AbsLinear) and (leaky.a, leaky.b) == pytest.approx((0.55, 0.45))
+def _homogeneous_reference(phi, s12, s11, s22, nodes: int = 24):
+    """E[phi(u) phi(v)] and E[phi'(u) phi'(v)] for a positively 1-homogeneous phi given as a torch function.
+
+    (u, v) = L z with L the Cholesky factor of [[s11, s12], [s12, s22]] (written out, so that rho = +-1 and
+    zero variances work) and z standard normal in the plane. In polar coordinates z = r (cos t, sin t), r and t
+    are independent, E[r^2] = 2 and t is uniform, so E[phi(u) phi(v)] = 2 E_t[phi(L1 . e_t) phi(L2 . e_t)] and
+    E[phi'(u) phi'(v)] = E_t[phi'(L1 . e_t) phi'(L2 . e_t)]. The angular integrals are done by Gauss-Legendre
+    between the angles where u or v changes sign (found from L, not from the activation's parameters); on
+    each arc the integrand is a trigonometric polynomial of degree <= 2, which 24 nodes integrate to rounding.
+    phi' is torch's autograd derivative of phi (no node lies on a kink). Independent of ntkit's a, b, fn,
+    derivative and arc-cosine closed form.
+    """
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    values = np.empty(np.shape(s12))
+    dots = np.empty(np.shape(s12))
+    for index in np.ndindex(values.shape):
+        x11, x22, x12 = float(s11[index[0], 0]), float(s22[0, index[1]]), float(s12[index])
+        l11 = math.sqrt(x11)
+        l21 = x12 / l11 if l11 > 0 else 0.0
+        l22 = math.sqrt(max(x22 - l21 * l21, 0.0))
+        cuts = {0.0, 2 * math.pi}
+        for p, q in ((l11, 0.0), (l21, l22)):  # p cos t + q sin t = 0 at t = atan2(-p, q) and that + pi
+            if p != 0.0 or q != 0.0:
+                t0 = math.atan2(-p, q) % math.pi
+                cuts |= {t0, t0 + math.pi}
+        cuts = sorted(cuts)
+        t = np.concatenate([0.5 * (hi - lo) * x + 0.5 * (hi + lo) for lo, hi in itertools.pairwise(cuts)])
+        wt = np.concatenate([0.5 * (hi - lo) * w for lo, hi in itertools.pairwise(cuts)]) / (2 * math.pi)
+        u = torch.tensor(l11 * np.cos(t), requires_grad=True)
+        v = torch.tensor(l21 * np.cos(t) + l22 * np.sin(t), requires_grad=True)
+        fu, fv = phi(u), phi(v)
+        (du,) = torch.autograd.grad(fu.sum(), u)
+        (dv,) = torch.autograd.grad(fv.sum(), v)
+        values[index] = 2 * float(wt @ (fu * fv).detach().numpy())
+        dots[index] = float(wt @ (du * dv).numpy())
+    return values, dots
+
+
+@pytest.mark.parametrize(
+    ("act", "phi"),
+    [
+        (ReLU(), torch.relu),
+        (Abs(), torch.abs),
+        (LeakyReLU(0.1), lambda x: torch.nn.functional.leaky_relu(x, 0.1)),
+        (LeakyReLU(-0.6), lambda x: torch.nn.functional.leaky_relu(x, -0.6)),
+        (Identity(), lambda x: x * 1.0),
+    ],
+    ids=["relu", "abs", "leaky_relu_0.1", "leaky_relu_-0.6", "identity"],
+)
+def test_abs_linear_family_members_match_their_own_functions(act, phi):
+    """Each named member of the family against quadrature of torch's own function for it.
+
+    The reference never sees the member's (a, b): a wrong parameter mapping (e.g. LeakyReLU's
+    ((1 + alpha) / 2, (1 - alpha) / 2)) fails here, unlike a comparison with AbsLinear(a, b).
+    """
+    assert isinstance(act, AbsLinear)
     x = torch.linspace(-2, 2, 9, dtype=torch.float64)
-    torch.testing.assert_close(AbsLinear(0.55, 0.45).fn(x), leaky.fn(x))
-    torch.testing.assert_close(AbsLinear(0.5, 0.5).fn(x), torch.relu(x))
-    # The same kernel from the generic family and the named member.
+    torch.testing.assert_close(act.fn(x), phi(x), rtol=1e-15, atol=0)
+    off_kink = x[x != 0].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(phi(off_kink).sum(), off_kink)
+    torch.testing.assert_close(act.derivative(off_kink.detach()), grad, rtol=1e-15, atol=0)
     s12, s11, s22 = _grid()
-    torch.testing.assert_close(
-        AbsLinear(0.55, 0.45).kernel_map(s12.clone(), s11, s22)[0],
-        leaky.kernel_map(s12.clone(), s11, s22)[0],
-        rtol=1e-15,
-        atol=0,
-    )
+    value, dot = act.kernel_map(s12.clone(), s11, s22)
+    ref_value, ref_dot = _homogeneous_reference(phi, s12.numpy(), s11.numpy(), s22.numpy())
+    # Entries are O(1) (variances <= 1.4, |phi(x)| <= |x|) and the quadrature is exact to ~1e-15 per arc; the
+    # value kernel is smooth in rho up to rho = +-1 (measured agreement ~1e-15), so 1e-12. A wrong (a, b), e.g.
+    # LeakyReLU(0.1) mapped as slope 0.12, moves entries by ~0.02.
+    np.testing.assert_allclose(value.numpy(), ref_value, rtol=0, atol=1e-12)
+    # The derivative kernel's arcsin(rho) has slope 1 / sqrt(1 - rho^2) ~ 2e6 at the grid's rho = 1 - 1e-13, so
+    # the rounding of rho (and of the reference's kink angle there) costs up to ~1e-8 (measured 1.3e-8): 1e-7.
+    # phi'(0) is a convention at zero variance (ntkit: a + b sign(0) = a; torch: its own subgradient), so the
+    # derivative kernel is compared where both variances are positive.
+    positive = (s11 > 0).numpy() & (s22 > 0).numpy()
+    np.testing.assert_allclose(dot.numpy()[positive], ref_dot[positive], rtol=0, atol=1e-7)
 
 
 def test_reprs():
