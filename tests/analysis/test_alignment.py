@@ -1,5 +1,6 @@
 """Label alignment: shares on hand-built eigenbases and the kernel-target alignment against its definition."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,12 +61,42 @@ def test_identity_kernel_alignment_is_one_over_sqrt_n():
     )
 
 
-def test_accepts_a_precomputed_spectrum():
-    kernel = torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))
-    y = torch.tensor([1.0, 1.0], dtype=torch.float64)
-    direct = label_alignment(kernel, y)
-    via_spectrum = label_alignment(spectrum(kernel), y)
-    torch.testing.assert_close(direct.shares, via_spectrum.shares)
+def _numpy_reference(kernel: np.ndarray, y: np.ndarray):
+    """Shares from numpy.linalg.eigh and the alignment y^T K y / (||K||_F ||y y^T||_F) on the full matrices."""
+    values, vectors = np.linalg.eigh(kernel)
+    order = np.argsort(values)[::-1]
+    labels = y.reshape(len(y), -1)
+    shares = ((vectors[:, order].T @ labels) ** 2).sum(axis=1) / (labels**2).sum()
+    target = labels @ labels.T
+    alignment = (kernel * target).sum() / (np.linalg.norm(kernel) * np.linalg.norm(target))
+    return values[order], shares, alignment
+
+
+@pytest.mark.parametrize("outputs", [None, 2])
+def test_accepts_a_precomputed_spectrum(outputs):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 7, generator=generator, dtype=torch.float64)
+    kernel = x @ x.T + 0.3 * torch.eye(7, dtype=torch.float64)
+    shape = (7,) if outputs is None else (7, outputs)
+    y = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    # x is square, so the eigenvalues are distinct (gaps >= 0.49, |K| <= 13) and the shares well defined; eigh
+    # is backward stable: eigenvector errors ~ n eps ||K|| / gap ~ 1e-14, so shares and
+    # alignment agree to ~1e-13; 1e-10 leaves room across LAPACK builds (a wrong share is off by >= 1e-3).
+    values, shares, alignment = _numpy_reference(kernel.numpy(), y.numpy())
+    for given in (kernel, spectrum(kernel)):
+        result = label_alignment(given, y)
+        np.testing.assert_allclose(result.eigenvalues.numpy(), values, rtol=1e-10, atol=0)
+        np.testing.assert_allclose(result.shares.numpy(), shares, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(result.cumulative.numpy(), np.cumsum(shares), rtol=0, atol=1e-10)
+        assert result.kernel_target_alignment == pytest.approx(alignment, rel=1e-10)
+    # The spectrum passed is the one used: a regularised one (K + shift I, shift = 0.5 tr(K) / n) gives the
+    # alignment of the shifted kernel, not of K.
+    shifted = kernel.numpy() + 0.5 * np.trace(kernel.numpy()) / 7 * np.eye(7)
+    values, shares, alignment = _numpy_reference(shifted, y.numpy())
+    result = label_alignment(spectrum(kernel, diag_reg=0.5), y)
+    np.testing.assert_allclose(result.eigenvalues.numpy(), values, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(result.shares.numpy(), shares, rtol=0, atol=1e-10)
+    assert result.kernel_target_alignment == pytest.approx(alignment, rel=1e-10)
 
 
 def test_bad_labels_are_rejected():
