@@ -93,3 +93,11 @@ def test_training_result_steps_is_now_t():
     assert result.t.tolist() == [0, 2, 3]
     with pytest.warns(DeprecationWarning, match="TrainingResult.steps"):
         assert result.steps.tolist() == [0, 2, 3]
+
+
+def test_every_predictor_keeps_its_old_spelling():
+    # ntkit.dynamics lists the moved names itself (reading ntkit.predict would make the two import each other)
+    assert ntkit.dynamics._MOVED_TO_PREDICT == set(predict.__all__)
+    for name in predict.__all__:
+        with pytest.warns(DeprecationWarning, match=rf"ntkit\.dynamics\.{name} "):
+            assert getattr(ntkit.dynamics, name) is getattr(predict, name)
