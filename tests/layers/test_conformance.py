@@ -35,67 +35,88 @@ from ntkit.layers import (
     Tanh,
 )
 
-# (name, architecture, per-example input shape)
-ARCHITECTURES = [
-    ("dense", Serial(Dense(8, b_std=0.1), ReLU(), Dense(1)), (4,)),
-    ("dense-layernorm", Serial(Dense(8, b_std=0.3), LayerNorm(), Erf(), Dense(1)), (4,)),
-    ("conv1d-flatten", Serial(Conv(6, 3, b_std=0.2), ReLU(), Flatten(), Dense(1)), (2, 7)),
-    ("conv1d-circular-gap", Serial(Conv(6, 3, padding="circular"), Abs(), GlobalAvgPool(), Dense(1)), (2, 6)),
-    (
-        "conv2d-valid-stride",
-        Serial(Conv(6, (2, 3), stride=2, padding="valid"), GELU(), Flatten(), Dense(1)),
-        (1, 6, 7),
-    ),
-    ("conv2d-gap", Serial(Conv(6, 3, w_std=1.4, b_std=0.1), Tanh(), GlobalAvgPool(), Dense(2)), (2, 5, 4)),
-    ("avgpool", Serial(Conv(6, 3), ReLU(), AvgPool(2), Conv(6, 2), ReLU(), Flatten(), Dense(1)), (1, 6, 6)),
-    (
-        "avgpool-same",
-        Serial(Conv(6, 3), ReLU(), AvgPool(3, stride=1, padding="same"), GlobalAvgPool(), Dense(1)),
-        (1, 5, 5),
-    ),
-    ("layernorm-spatial", Serial(Conv(6, 3), LayerNorm(), ReLU(), GlobalAvgPool(), Dense(1)), (2, 4, 4)),
-    (
-        "residual",
-        Serial(
-            Conv(6, 3), Residual(ReLU(), Conv(6, 3), ReLU(), Conv(6, 3)), ReLU(), GlobalAvgPool(), Dense(1)
+
+# (name, architecture, per-example input shape); a function, so that a test can build a second, equal copy
+def _architectures():
+    return [
+        ("dense", Serial(Dense(8, b_std=0.1), ReLU(), Dense(1)), (4,)),
+        ("dense-layernorm", Serial(Dense(8, b_std=0.3), LayerNorm(), Erf(), Dense(1)), (4,)),
+        ("conv1d-flatten", Serial(Conv(6, 3, b_std=0.2), ReLU(), Flatten(), Dense(1)), (2, 7)),
+        (
+            "conv1d-circular-gap",
+            Serial(Conv(6, 3, padding="circular"), Abs(), GlobalAvgPool(), Dense(1)),
+            (2, 6),
         ),
-        (2, 4, 4),
-    ),
-    (
-        "fanout-concat",
-        Serial(
-            Conv(4, 3),
-            FanOut(2),
-            Parallel(Serial(ReLU(), Conv(6, 1)), Conv(2, 3)),
-            FanInConcat(),
-            ReLU(),
-            Flatten(),
-            Dense(1),
+        (
+            "conv2d-valid-stride",
+            Serial(Conv(6, (2, 3), stride=2, padding="valid"), GELU(), Flatten(), Dense(1)),
+            (1, 6, 7),
         ),
-        (2, 6),
-    ),
-    (
-        "fanout-sum",
-        Serial(Dense(6), FanOut(3), Parallel(ReLU(), Erf(), Dense(6)), FanInSum(), Dense(1)),
-        (3,),
-    ),
-    (
-        "standard",
-        Serial(
-            Conv(6, 3, b_std=0.1, parametrization="standard"),
-            ReLU(),
-            Flatten(),
-            Dense(1, parametrization="standard"),
+        (
+            "conv2d-gap",
+            Serial(Conv(6, 3, w_std=1.4, b_std=0.1), Tanh(), GlobalAvgPool(), Dense(2)),
+            (2, 5, 4),
         ),
-        (2, 5),
-    ),
-    ("frozen", Serial(Conv(6, 3, trainable=False), ReLU(), GlobalAvgPool(), Dense(1)), (1, 4, 4)),
-    (
-        "elementwise",
-        Serial(Conv(6, 2), Elementwise(torch.sin, torch.cos, order=32), Flatten(), Dense(1)),
-        (1, 4, 3),
-    ),
-]
+        (
+            "avgpool",
+            Serial(Conv(6, 3), ReLU(), AvgPool(2), Conv(6, 2), ReLU(), Flatten(), Dense(1)),
+            (1, 6, 6),
+        ),
+        (
+            "avgpool-same",
+            Serial(Conv(6, 3), ReLU(), AvgPool(3, stride=1, padding="same"), GlobalAvgPool(), Dense(1)),
+            (1, 5, 5),
+        ),
+        ("layernorm-spatial", Serial(Conv(6, 3), LayerNorm(), ReLU(), GlobalAvgPool(), Dense(1)), (2, 4, 4)),
+        (
+            "residual",
+            Serial(
+                Conv(6, 3),
+                Residual(ReLU(), Conv(6, 3), ReLU(), Conv(6, 3)),
+                ReLU(),
+                GlobalAvgPool(),
+                Dense(1),
+            ),
+            (2, 4, 4),
+        ),
+        (
+            "fanout-concat",
+            Serial(
+                Conv(4, 3),
+                FanOut(2),
+                Parallel(Serial(ReLU(), Conv(6, 1)), Conv(2, 3)),
+                FanInConcat(),
+                ReLU(),
+                Flatten(),
+                Dense(1),
+            ),
+            (2, 6),
+        ),
+        (
+            "fanout-sum",
+            Serial(Dense(6), FanOut(3), Parallel(ReLU(), Erf(), Dense(6)), FanInSum(), Dense(1)),
+            (3,),
+        ),
+        (
+            "standard",
+            Serial(
+                Conv(6, 3, b_std=0.1, parametrization="standard"),
+                ReLU(),
+                Flatten(),
+                Dense(1, parametrization="standard"),
+            ),
+            (2, 5),
+        ),
+        ("frozen", Serial(Conv(6, 3, trainable=False), ReLU(), GlobalAvgPool(), Dense(1)), (1, 4, 4)),
+        (
+            "elementwise",
+            Serial(Conv(6, 2), Elementwise(torch.sin, torch.cos, order=32), Flatten(), Dense(1)),
+            (1, 4, 3),
+        ),
+    ]
+
+
+ARCHITECTURES = _architectures()
 IDS = [a[0] for a in ARCHITECTURES]
 
 
@@ -151,7 +172,9 @@ def test_layer_conformance(name, arch, shape):
 
 @pytest.mark.parametrize(("name", "arch", "shape"), ARCHITECTURES, ids=IDS)
 def test_fingerprint_is_by_content(name, arch, shape):
-    assert arch.fingerprint() == arch.fingerprint()
+    # A second architecture built from the same code: a distinct object of equal content, equal fingerprint.
+    twin = {n: a for n, a, _ in _architectures()}[name]
+    assert twin is not arch and twin.fingerprint() == arch.fingerprint()
     others = {a.fingerprint() for n, a, _ in ARCHITECTURES if n != name}
     assert arch.fingerprint() not in others
 
