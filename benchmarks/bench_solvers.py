@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--centers", type=int, default=1000)
     parser.add_argument("--diag-reg", type=float, default=1e-4)
     parser.add_argument("--only", default="dense,cholesky,cg,nystrom,krr")
+    parser.add_argument("--memory-budget-mib", type=int, default=None, help="the operators' block budget")
     args = parser.parse_args()
+    budget = None if args.memory_budget_mib is None else args.memory_budget_mib * 2**20
     routes = args.only.split(",")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.n, 8, generator=g, dtype=torch.float64)
@@ -60,6 +62,7 @@ def main() -> None:
         print(f"{name:10s} {seconds:9.2f} {err:11.2e} {iters:6d} {peak_gib():9.2f}", flush=True)
 
     cross = arch.kernel(xt, x, get="ntk").ntk
+    print(f"  the test kernel K(x_test, X) computed; peak so far {peak_gib():.2f} GiB", flush=True)
     if "dense" in routes:
         start = time.perf_counter()
         k = arch.kernel(x, get="ntk").ntk
@@ -71,23 +74,35 @@ def main() -> None:
         report("dense", time.perf_counter() - start, ref)
     if "cholesky" in routes:
         start = time.perf_counter()
-        sol = linalg.solve(linalg.ArchKernel(arch, x), y, diag_reg=args.diag_reg, method="cholesky")
+        sol = linalg.solve(
+            linalg.ArchKernel(arch, x, memory_budget=budget), y, diag_reg=args.diag_reg, method="cholesky"
+        )
         report("cholesky", time.perf_counter() - start, sol.predict(cross))
     if "auto" in routes:
         start = time.perf_counter()
         sol = linalg.solve(
-            linalg.ArchKernel(arch, x), y, diag_reg=args.diag_reg, method="auto", progress=True
+            linalg.ArchKernel(arch, x, memory_budget=budget),
+            y,
+            diag_reg=args.diag_reg,
+            method="auto",
+            progress=True,
         )
         report(f"auto:{sol.method}", time.perf_counter() - start, sol.predict(cross), sol.iterations)
         if sol.residual is not None:
             print(f"  auto chose {sol.method}; relative residual reached {sol.residual:.2e}", flush=True)
     if "cg" in routes:
         start = time.perf_counter()
-        sol = linalg.solve(linalg.ArchKernel(arch, x), y, diag_reg=args.diag_reg, method="cg", progress=True)
+        sol = linalg.solve(
+            linalg.ArchKernel(arch, x, memory_budget=budget),
+            y,
+            diag_reg=args.diag_reg,
+            method="cg",
+            progress=True,
+        )
         report("cg", time.perf_counter() - start, sol.predict(cross), sol.iterations)
     if "nystrom" in routes:
         start = time.perf_counter()
-        op = linalg.ArchKernel(arch, x, cache=False)
+        op = linalg.ArchKernel(arch, x, cache=False, memory_budget=budget)
         sol = linalg.solve(
             op, y, diag_reg=args.diag_reg, method="nystrom", n_centers=args.centers, progress=True
         )
