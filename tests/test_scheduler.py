@@ -8,6 +8,7 @@ with a loop over pairs written in the test that never tiles anything.
 
 import io
 import time
+import warnings
 from typing import ClassVar
 
 import pytest
@@ -124,14 +125,18 @@ EMPIRICAL_TOL = {"rtol": 1e-12, "atol": 1e-13}
 @pytest.mark.parametrize("outputs", ["mean", "full"])
 def test_one_example_blocks_of_an_empirical_ntk_match_a_loop_over_pairs(tiles, method, outputs):
     """memory_budget=1 byte cannot hold one example's features; the scheduler still plans one example per
-    block (tiling.block_size: 'at least one example per block, whatever the budget') and the kernel is exact."""
+    block (tiling.block_size: 'at least one example per block, whatever the budget'), says with a warning naming
+    memory_budget that it exceeds it, and the kernel is exact."""
     model = _model()
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(5, 4, generator=generator, dtype=DT)
     y = torch.randn(3, 4, generator=generator, dtype=DT)
-    rect = empirical_ntk(model, x, y, outputs=outputs, method=method, memory_budget=1, progress=False)
+    over = pytest.warns(RuntimeWarning, match="memory_budget=1 bytes is smaller than one example")
+    with over:
+        rect = empirical_ntk(model, x, y, outputs=outputs, method=method, memory_budget=1, progress=False)
     assert tiles[-1] == (1, 1)
-    sym = empirical_ntk(model, x, outputs=outputs, method=method, memory_budget=1, progress=False)
+    with over:
+        sym = empirical_ntk(model, x, outputs=outputs, method=method, memory_budget=1, progress=False)
     assert tiles[-1] == (1, 1)
     full_rect, mean_rect = _pairwise_empirical(model, x, y)
     full_sym, mean_sym = _pairwise_empirical(model, x, x)
@@ -255,3 +260,12 @@ def test_progress_none_shows_a_bar_on_a_terminal_once_the_run_has_lasted_two_sec
     kwargs = {"dtype": DT, "device": torch.device("cpu"), "symmetric": False, "tile": 1}
     tiling.run_blocks(slow, ("k",), 2, 2, progress=None, description="slow kernel", **kwargs)
     assert "slow kernel" in stream.getvalue()
+
+
+@pytest.mark.parametrize("method", ["jacobian", "ntk-vp", "layerwise"])
+def test_a_budget_that_holds_one_example_does_not_warn(method):
+    model = _model()
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(5), dtype=DT)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="memory_budget", category=RuntimeWarning)
+        empirical_ntk(model, x, outputs="full", method=method, memory_budget=2**20, progress=False)

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ._warnings import external_stacklevel
 
 DEFAULT_MEMORY_BUDGET = 2**30
 """Working memory, in bytes, that one kernel computation (infinite-width or empirical) may use beside its
@@ -57,15 +60,32 @@ def block_size(n: int, bytes_per_example: float, bytes_per_pair: float, *, budge
     """Largest block b <= n with 4 b per-example bytes (features and transients) + b**2 pair bytes <= budget.
 
     `bytes_per_example` is what one example's features take, `bytes_per_pair` the temporaries for one (row,
-    column) pair. At least one example per block, whatever the budget: a single example that does not fit is
-    the caller's problem to report.
+    column) pair. At least one example per block, whatever the budget: when a single example does not fit,
+    `warn_if_one_example_exceeds` says so and the work goes on one example at a time.
     """
+    warn_if_one_example_exceeds(budget, bytes_per_example, bytes_per_pair)
     a = max(bytes_per_pair, 0.0)
     b = 4.0 * bytes_per_example
     # the positive root of a s^2 + b s - budget = 0, in the form without cancellation (a may be tiny or 0)
     root = math.sqrt(b * b + 4.0 * a * budget)
     side = 2.0 * budget / (b + root) if b + root > 0 else math.inf
     return int(max(1, math.floor(min(n, _MAX_BLOCK, side))))
+
+
+def warn_if_one_example_exceeds(budget: int, bytes_per_example: float, bytes_per_pair: float) -> None:
+    """A RuntimeWarning naming memory_budget when one example per block (4 feature sets and one pair) exceeds it.
+
+    Not an error: the per-example estimates are upper bounds of what torch allocates, and a block of one example
+    is the least any method can do, so the computation proceeds; the warning says it uses more than the budget.
+    """
+    need = 4.0 * max(bytes_per_example, 0.0) + max(bytes_per_pair, 0.0)
+    if need > budget:
+        warnings.warn(
+            f"memory_budget={budget} bytes is smaller than one example's block (~{need:.3g} bytes): computing "
+            "one example per block, which uses more memory than the budget allows; raise memory_budget",
+            RuntimeWarning,
+            stacklevel=external_stacklevel(),
+        )
 
 
 _PROC_SELF = Path("/proc/self")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ..tiling import warn_if_one_example_exceeds
 from . import _contract
 from ._batching import OUT_OF_MEMORY, block_size, run_blocks
 from ._problem import Problem
@@ -69,6 +70,7 @@ def jacobian_ntk(problem: Problem, x1: torch.Tensor, x2: torch.Tensor | None) ->
         # Column features are recomputed for every row panel, so the panel is 3x the column block: 4 c
         # examples' features, and the largest block of pairs is the panel's diagonal one, (3 c)**2 pairs.
         pair = problem.k_pairs * problem.itemsize
+        warn_if_one_example_exceeds(problem.budget, per_example, pair)
         c = (-4 * per_example + math.sqrt(16 * per_example**2 + 36 * pair * problem.budget)) / (18 * pair)
         rows, cols = min(n1, max(1, int(3 * c))), min(n2, max(1, int(c)))
 
