@@ -27,6 +27,9 @@ below the tolerance; randomness that repeats between two consecutive calls.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.func import functional_call, vjp, vmap
@@ -61,10 +64,11 @@ def check_modes(model: nn.Module) -> None:
             )
 
 
-def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
-    """The model's output on x, re-raising the model's own complaints as a ValueError about `name`."""
+@contextlib.contextmanager
+def _complaints_about(x: torch.Tensor, name: str) -> Iterator[None]:
+    """Re-raise the model's own complaints about x as one ValueError about `name` (out of memory passes)."""
     try:
-        out = model(x)
+        yield
     except OUT_OF_MEMORY:  # the device is full, which says nothing about the inputs
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -72,6 +76,12 @@ def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
             f"model rejected {name} (examples of shape {tuple(x.shape[1:])}, dtype {x.dtype}): "
             f"{type(err).__name__}: {err}"
         ) from err
+
+
+def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The model's output on x, re-raising the model's own complaints as a ValueError about `name`."""
+    with _complaints_about(x, name):
+        out = model(x)
     if not isinstance(out, torch.Tensor):
         raise TypeError(
             f"model must return a single tensor of shape (n, ...) for the NTK, got {type(out).__name__}; "
@@ -133,15 +143,8 @@ def _gradients(
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """The outputs (b, k) on x and the vjp of `cotangent` (b, k) with respect to `leaves`."""
     with torch.enable_grad():
-        try:
+        with _complaints_about(x, name):
             out = functional_call(model, leaves, (x,))
-        except OUT_OF_MEMORY:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as err:
-            raise ValueError(
-                f"model rejected {name} (examples of shape {tuple(x.shape[1:])}, dtype {x.dtype}): "
-                f"{type(err).__name__}: {err}"
-            ) from err
         out = out.reshape(x.shape[0], -1).to(cotangent.dtype)
         if not leaves or not out.requires_grad:  # no selected parameter reaches the output: zero gradients
             return out.detach(), [None] * len(leaves)

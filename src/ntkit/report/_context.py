@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._loss import squared_loss
 from ..layers import GELU, Abs, Erf, Identity, ReLU, Serial, Sigmoid, Softplus, Tanh, mlp
 from .config import ConfigError
 from .data import Dataset, load_dataset
@@ -261,7 +262,7 @@ class Context:
         train, test = predictor(
             steps.to(device=self.device, dtype=torch.float64), f0_train, f0_eval, k_eval_train
         )
-        loss = 0.5 * (train - self.data.y_train.double()).pow(2).mean(dim=(1, 2))
+        loss = squared_loss(train, self.data.y_train.double(), "mean")
         return TrainingRecord(steps=steps, train_outputs=train, test_outputs=test, loss=loss)
 
     @functools.cached_property

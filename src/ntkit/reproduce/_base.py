@@ -88,6 +88,18 @@ class Run:
         self.computed.append(key)
         return result
 
+    def per_width(
+        self, widths: Sequence[int], seeds: int, compute: Callable[[int, int], Any]
+    ) -> dict[int, list[Any]]:
+        """``compute(width, seed)`` for every width and seed in range(seeds), each the piece ``width{w}-seed{s}``."""
+        return {
+            w: [
+                self.piece(f"width{w}-seed{seed}", lambda w=w, seed=seed: compute(w, seed))
+                for seed in range(seeds)
+            ]
+            for w in widths
+        }
+
     def tensor(self, values: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         return torch.as_tensor(values, dtype=dtype, device=self.device)
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._artifacts import COLORS, new_figure, save_figure
+from .._loss import squared_loss
 from ..analysis import generalization_bound, spectrum
 from ..dynamics import train
 from ..layers import Dense, ReLU, Serial
@@ -104,7 +105,7 @@ def run(run: Run) -> Outcome:
             "bound": measures.bound,
             "steps": result.t,
             "loss": result.loss,
-            "loss_closed_form": 0.5 * (closed - y).pow(2).mean(dim=1),
+            "loss_closed_form": squared_loss(closed, y, "mean"),
             "test_error": float((result.test_outputs[-1].double().sign() != y_test).double().mean()),
         }
 

@@ -88,13 +88,7 @@ def run(run: Run) -> Outcome:
             out["loss"] = [float(result.loss[0]), float(result.loss[-1])]
         return out
 
-    rows = {
-        w: [
-            run.piece(f"width{w}-seed{seed}", lambda w=w, seed=seed: network(w, seed))
-            for seed in range(max(s["seeds"], s["spread_seeds"]))
-        ]
-        for w in widths
-    }
+    rows = run.per_width(widths, max(s["seeds"], s["spread_seeds"]), network)
     initial = {w: run.tensor([r["initial"] for r in rows[w]]) for w in widths}  # every seed, for the spread
     spread_seeds = max(s["seeds"], s["spread_seeds"])
     scale = rms(limit)

@@ -73,13 +73,7 @@ def run(run: Run) -> Outcome:
         }
 
     widths, seeds = s["widths"], s["seeds"]
-    rows = {
-        w: [
-            run.piece(f"width{w}-seed{seed}", lambda w=w, seed=seed: network(w, seed))
-            for seed in range(seeds)
-        ]
-        for w in widths
-    }
+    rows = run.per_width(widths, seeds, network)
     functions = {w: run.tensor([r["function"] for r in rows[w]]) for w in widths}
     fitted = {w: run.tensor([r["train_outputs"] for r in rows[w]]) for w in widths}
     scale = rms(y_train)

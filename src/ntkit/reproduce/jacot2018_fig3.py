@@ -75,13 +75,7 @@ def run(run: Run) -> Outcome:
         return {"along": along, "orthogonal": orthogonal, "loss": result.loss}
 
     widths, seeds = s["widths"], s["seeds"]
-    rows = {
-        w: [
-            run.piece(f"width{w}-seed{seed}", lambda w=w, seed=seed: network(w, seed))
-            for seed in range(seeds)
-        ]
-        for w in widths
-    }
+    rows = run.per_width(widths, seeds, network)
     along = {w: torch.tensor([r["along"] for r in rows[w]], dtype=torch.float64) for w in widths}
     orthogonal = {w: torch.tensor([r["orthogonal"] for r in rows[w]], dtype=torch.float64) for w in widths}
     along_end = {w: float(along[w][:, -1].mean()) for w in widths}

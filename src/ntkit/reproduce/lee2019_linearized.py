@@ -17,6 +17,7 @@ import math
 import torch
 
 from .._artifacts import COLORS, new_figure, save_figure
+from .._loss import squared_loss
 from ..dynamics import linearize, train
 from ..empirical import empirical_ntk
 from ..layers import Dense, Erf, Serial
@@ -76,12 +77,16 @@ def run(run: Run) -> Outcome:
     lr, steps, every = s["learning_rate"], s["steps"], s["every"]
     times = torch.tensor(list(range(0, steps + 1, every)), dtype=dtype)
 
-    def mse_piece() -> dict:
+    def start() -> tuple:
+        """The network at initialisation, its empirical NTKs (train, test x train) and initial outputs."""
         net = arch.build(x.shape[1], seed=0, dtype=dtype, device=device)
         kernel = empirical_ntk(net, x, outputs="mean")
         kernel_test = empirical_ntk(net, x_test, x, outputs="mean")
         with torch.no_grad():
-            f0, f0_test = net(x), net(x_test)
+            return net, kernel, kernel_test, net(x), net(x_test)
+
+    def mse_piece() -> dict:
+        net, kernel, kernel_test, f0, f0_test = start()
         common = {
             "learning_rate": lr,
             "steps": steps,
@@ -96,18 +101,14 @@ def run(run: Run) -> Outcome:
         return {
             "network": network.loss,
             "linearized": linear.loss,
-            "closed_form": 0.5 * (closed_train - y).pow(2).mean(dim=(1, 2)),
+            "closed_form": squared_loss(closed_train, y, "mean"),
             "network_test": network.test_loss,
             "linearized_test": linear.test_loss,
-            "closed_form_test": 0.5 * (closed_test - y_test).pow(2).mean(dim=(1, 2)),
+            "closed_form_test": squared_loss(closed_test, y_test, "mean"),
         }
 
     def ce_piece() -> dict:
-        net = arch.build(x.shape[1], seed=0, dtype=dtype, device=device)
-        kernel = empirical_ntk(net, x, outputs="mean")
-        kernel_test = empirical_ntk(net, x_test, x, outputs="mean")
-        with torch.no_grad():
-            f0, f0_test = net(x), net(x_test)
+        net, kernel, kernel_test, f0, f0_test = start()
         options = {"learning_rate": lr, "steps": steps, "every": every}
         network, network_test = _train_cross_entropy(copy.deepcopy(net), x, y, x_test, **options)
         linear, linear_test = _train_cross_entropy(linearize(net), x, y, x_test, **options)

@@ -10,9 +10,12 @@ import torch
 
 from ...layers import Conv, Dense, Flatten, GlobalAvgPool, Serial
 from .._base import Check, SectionResult
-from .._context import Context, activation, diverged, learning_rate_for
+from .._context import Context, activation, learning_rate_for
 from .._plot import COLORS, new_figure, save_figure
 from ..data import load_digits_split
+from ._classify import accuracy as _accuracy
+from ._classify import agreement as _agreement
+from ._classify import draw_outputs_against, train_centred
 
 TITLE = "8. Convolutional kernels on the digits"
 BUILT_IN_DATA = "scikit-learn's 8x8 handwritten digits as 1 x 8 x 8 images"
@@ -24,14 +27,6 @@ BUILT_IN_DATA = "scikit-learn's 8x8 handwritten digits as 1 x 8 x 8 images"
 AGREEMENT = 0.7
 ACCURACY = 0.5
 _DECADES_BEYOND = 3  # the closed form is drawn up to 10^3 times the run's steps
-
-
-def _accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((outputs.argmax(dim=-1) == labels).double().mean())
-
-
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.argmax(dim=-1) == b.argmax(dim=-1)).double().mean())
 
 
 def _cnn(ctx: Context, channels: int, depth: int, readout: object) -> Serial:
@@ -64,7 +59,6 @@ def _regression(kernels: tuple[torch.Tensor, torch.Tensor], y_train: torch.Tenso
 
 
 def run(ctx: Context, figures: Path) -> SectionResult:
-    from ...dynamics.training import train
     from ...predict import gradient_descent_mse
 
     settings = ctx.config["conv"]
@@ -110,24 +104,10 @@ def run(ctx: Context, figures: Path) -> SectionResult:
         cntk_arch.build((1, 8, 8), seed=ctx.seed, dtype=ctx.dtype, device=ctx.device),
     )
     began = time.perf_counter()
-    with torch.no_grad():
-        start_train, start_test = network(digits.x_train), network(digits.x_test)
-    try:
-        run_result = train(
-            network,
-            digits.x_train,
-            digits.y_train + start_train,
-            learning_rate=learning_rate,
-            steps=steps,
-            reduction="mean",
-            x_test=digits.x_test,
-            record_every=max(1, steps // 25),
-            progress=ctx.progress,
-        )
-    except ValueError as err:  # the digits are well-formed: what train refuses here is divergence
-        raise diverged("conv.learning_rate", learning_rate, err) from None
+    run_result, network_test = train_centred(
+        ctx, network, digits, learning_rate, steps, records=25, key="conv.learning_rate"
+    )
     seconds_training = time.perf_counter() - began
-    network_test = run_result.test_outputs - start_test
     recorded = run_result.t.to(device=ctx.device, dtype=ctx.dtype)
     predictor = gradient_descent_mse(
         cntk_train, digits.y_train, learning_rate=learning_rate, reduction="mean", discrete=True
@@ -199,13 +179,7 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     ax.set_ylim(0, 1.05)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)  # below: clear of the data
     ax = axes[2]
-    closed_flat, network_flat = final_closed.reshape(-1).cpu(), final_network.reshape(-1).cpu()
-    ax.plot(closed_flat, network_flat, ".", ms=2, alpha=0.5, color=COLORS[0])
-    low = float(torch.minimum(closed_flat.min(), network_flat.min()))
-    high = float(torch.maximum(closed_flat.max(), network_flat.max()))
-    ax.plot([low, high], [low, high], color="grey", lw=0.8)
-    ax.set_xlabel("CNTK-GAP closed-form output")
-    ax.set_ylabel("trained CNN output")
+    draw_outputs_against(ax, final_closed, final_network, "CNTK-GAP closed-form output", "trained CNN output")
     ax.set_title(f"all 10 outputs on {settings['n_test']} test images, step {steps}", fontsize=11)
     save_figure(figure, figures, "conv")
 

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .._base import Check, SectionResult
-from .._context import Context, diverged, learning_rate_for
+from .._context import Context, learning_rate_for
 from .._plot import COLORS, new_figure, save_figure
 from ..data import load_digits_split
+from ._classify import accuracy, agreement, draw_outputs_against, train_centred
 
 TITLE = "7. A real dataset: handwritten digits"
 BUILT_IN_DATA = "scikit-learn's 8x8 handwritten digits"
 AGREEMENT = 0.9  # the check: the network predicts its closed form's class on more than 90% of test images
 
 
-def _accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((outputs.argmax(dim=-1) == labels).double().mean())
-
-
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.argmax(dim=-1) == b.argmax(dim=-1)).double().mean())
-
-
 def run(ctx: Context, figures: Path) -> SectionResult:
-    from ...dynamics.training import train
     from ...predict import gradient_descent_mse
 
     settings = ctx.config["digits"]
@@ -42,27 +32,9 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     )
     steps = settings["steps"]
     network = arch.build(digits.x_train.shape[1], seed=ctx.seed, dtype=ctx.dtype, device=ctx.device)
-    # The network is centred, g(x) = f(x) - f_0(x): same NTK, initial outputs exactly zero, so it is compared
-    # with kernel regression from f_0 = 0 instead of a random start whose O(1) outputs swamp the centred
-    # one-hot targets for most of the run. Training g on y is training f on y + f_0(X) (the loss is the same),
-    # which costs no second forward pass.
-    with torch.no_grad():
-        start_train, start_test = network(digits.x_train), network(digits.x_test)
-    try:
-        run_result = train(
-            network,
-            digits.x_train,
-            digits.y_train + start_train,
-            learning_rate=learning_rate,
-            steps=steps,
-            reduction="mean",
-            x_test=digits.x_test,
-            record_every=max(1, steps // 50),
-            progress=ctx.progress,
-        )
-    except ValueError as err:  # the digits are well-formed: what train refuses here is divergence
-        raise diverged("digits.learning_rate", learning_rate, err) from None
-    network_test = run_result.test_outputs - start_test
+    run_result, network_test = train_centred(
+        ctx, network, digits, learning_rate, steps, records=50, key="digits.learning_rate"
+    )
     recorded = run_result.t.to(device=ctx.device, dtype=ctx.dtype)
     predictor = gradient_descent_mse(
         kernel, digits.y_train, learning_rate=learning_rate, reduction="mean", discrete=True
@@ -74,11 +46,11 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     # Back to the network's dtype for the comparisons, figures and metrics.
     closed_test, regression_test = closed_test.to(ctx.dtype), regression_test.to(ctx.dtype)
 
-    network_accuracy = [_accuracy(out, digits.labels_test) for out in network_test]
-    closed_accuracy = [_accuracy(out, digits.labels_test) for out in closed_test]
-    regression_accuracy = _accuracy(regression_test, digits.labels_test)
-    agreement_closed = _agreement(network_test[-1], closed_test[-1])
-    agreement_regression = _agreement(network_test[-1], regression_test)
+    network_accuracy = [accuracy(out, digits.labels_test) for out in network_test]
+    closed_accuracy = [accuracy(out, digits.labels_test) for out in closed_test]
+    regression_accuracy = accuracy(regression_test, digits.labels_test)
+    agreement_closed = agreement(network_test[-1], closed_test[-1])
+    agreement_regression = agreement(network_test[-1], regression_test)
     final_network, final_closed = network_test[-1], closed_test[-1]
     output_gap = float(
         (final_network - final_closed).pow(2).mean().sqrt() / digits.y_test.pow(2).mean().sqrt()
@@ -109,13 +81,7 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     ax.set_title(f"agreement network / closed form: {agreement_closed:.3f}", fontsize=11)
     ax.grid(False, axis="x")
     ax = axes[2]
-    closed_flat, network_flat = final_closed.reshape(-1).cpu(), final_network.reshape(-1).cpu()
-    ax.plot(closed_flat, network_flat, ".", ms=2, alpha=0.5, color=COLORS[0])
-    low = float(torch.minimum(closed_flat.min(), network_flat.min()))
-    high = float(torch.maximum(closed_flat.max(), network_flat.max()))
-    ax.plot([low, high], [low, high], color="grey", lw=0.8)
-    ax.set_xlabel("closed-form output")
-    ax.set_ylabel("network output")
+    draw_outputs_against(ax, final_closed, final_network, "closed-form output", "network output")
     ax.set_title(f"all 10 outputs on {settings['n_test']} test images")
     save_figure(figure, figures, "digits")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from ..._loss import squared_loss
 from ...analysis import generalization_bound, label_alignment, spectrum
 from .._base import Check, SectionResult, log_spaced_indices
 from .._context import Context
@@ -31,7 +32,7 @@ def run(ctx: Context, figures: Path) -> SectionResult:
     predicted_loss = {}
     for name, y in labels.items():
         predicted_train, _ = ctx.closed_form(y, steps.to(ctx.device))
-        predicted_loss[name] = 0.5 * (predicted_train - y).pow(2).mean(dim=(1, 2))
+        predicted_loss[name] = squared_loss(predicted_train, y, "mean")
 
     # time to reach a tenth of the initial loss: the "speed" of training
     def steps_to_tenth(loss: torch.Tensor) -> float:

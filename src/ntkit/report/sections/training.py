@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..._loss import squared_loss
 from .._base import Check, SectionResult, log_spaced_indices
 from .._context import Context
 from .._plot import COLORS, new_figure, save_figure
@@ -44,17 +45,14 @@ def run(ctx: Context, figures: Path) -> SectionResult:
         "linearized": _as_3d(linear.test_outputs)[keep],
         "closed form": _as_3d(predicted_eval)[keep],
     }
-    losses = {name: 0.5 * (out - y).pow(2).mean(dim=(1, 2)) for name, out in train_outputs.items()}
+    losses = {name: squared_loss(out, y, "mean") for name, out in train_outputs.items()}
     scale = float(y.pow(2).mean().sqrt())
     test = ctx.test_slice
     # the loss on the test points, in the training loss's units 1/(2M) ||f(X*) - y*||^2
     test_losses = (
         {}
         if data.y_test is None
-        else {
-            name: 0.5 * (out[:, test] - data.y_test).pow(2).mean(dim=(1, 2))
-            for name, out in eval_outputs.items()
-        }
+        else {name: squared_loss(out[:, test], data.y_test, "mean") for name, out in eval_outputs.items()}
     )
     gaps = {
         "train: network - closed form": _rms(train_outputs["network"] - train_outputs["closed form"]) / scale
