@@ -192,3 +192,20 @@ def test_without_test_points_no_test_curve_is_drawn(tmp_path):
     assert result.metrics["final_relative_gap_test"] is None
     assert "No test points were given" in result.caption
     assert torch.is_tensor(result.metrics["loss"]["network"])
+
+
+def test_features_legend_is_below_the_panels(tmp_path):
+    """The sigmoid units are drawn at random: a legend inside a panel can sit on their curves."""
+    from ntkit.report.sections import features
+
+    config = resolve_config({}, quick=True)
+    with pytest.MonkeyPatch.context() as patch:
+        figures = _captured(patch, features)
+        features.run(Context(config, progress=False), tmp_path)
+    figure = figures[0]
+    assert all(ax.get_legend() is None for ax in figure.axes)
+    (legend,) = figure.legends
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    assert all(box.y1 <= ax.get_window_extent(renderer).y0 for ax in figure.axes[2:])  # under the bottom row

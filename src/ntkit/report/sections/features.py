@@ -89,7 +89,10 @@ def run(ctx: Context, figures: Path) -> SectionResult:
         ax.set_title(title)
         ax.set_xlabel("x")
         ax.axhline(0.0, color="grey", lw=0.6)
-    axes[1].legend(loc="best", ncols=2)
+    # one legend for the three panels of units, below the figure: the units are drawn at random, so any place
+    # inside a panel may be where their curves run
+    handles, labels = axes[1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels))
     save_figure(figure, figures, "features")
 
     caption = (
