@@ -5,6 +5,7 @@ The closed-form predictors live in (and are imported from) `ntkit.predict`; the 
 for one release, with a DeprecationWarning.
 """
 
+import importlib
 from typing import Any
 
 from .._warnings import moved_attribute
@@ -13,25 +14,12 @@ from .training import TrainingResult, train
 
 __all__ = ["LinearizedModel", "TrainingResult", "linearize", "train"]
 
-# The names that moved to ntkit.predict (its __all__; tests/test_deprecations.py keeps the two equal). Listed here
-# rather than read from ntkit.predict, which imports this package's modules: the dependency runs one way.
-_MOVED_TO_PREDICT = frozenset(
-    {
-        "EnsemblePrediction",
-        "EnsemblePredictor",
-        "Gaussian",
-        "MSEPredictor",
-        "ODEPredictor",
-        "gp_inference",
-        "gradient_descent",
-        "gradient_descent_mse",
-        "gradient_descent_mse_ensemble",
-        "max_learning_rate",
-    }
-)
-
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_PREDICT:
+    # The predictors moved to ntkit.predict, which re-exports exactly the __all__ of these modules (asked here
+    # rather than ntkit.predict, which imports this package: the dependency runs one way). importlib, not
+    # `from . import`, which would ask this function for a submodule that is still loading.
+    modules = [importlib.import_module(f"{__name__}.{m}") for m in ("closed_form", "ensemble", "ode")]
+    if any(name in module.__all__ for module in modules):
         return moved_attribute(__name__, name, "ntkit.predict")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
