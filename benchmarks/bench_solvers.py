@@ -61,45 +61,31 @@ def main() -> None:
         err = float(torch.linalg.norm(pred - ref) / torch.linalg.norm(ref))
         print(f"{name:10s} {seconds:9.2f} {err:11.2e} {iters:6d} {peak_gib():9.2f}", flush=True)
 
+    def dense_kernel() -> tuple[torch.Tensor, float]:
+        """K(X, X) (the dense route's when it ran) and the shift diag_reg * mean diagonal."""
+        kk = arch.kernel(x, get="ntk").ntk if k is None else k
+        return kk, args.diag_reg * float(kk.diagonal().mean())
+
     cross = arch.kernel(xt, x, get="ntk").ntk
     print(f"  the test kernel K(x_test, X) computed; peak so far {peak_gib():.2f} GiB", flush=True)
     if "dense" in routes:
         start = time.perf_counter()
-        k = arch.kernel(x, get="ntk").ntk
+        k, shift = dense_kernel()
         print(
             f"  K(X, X) took {time.perf_counter() - start:.2f} s (krr and gpytorch reuse it: add it to theirs)"
         )
-        shift = args.diag_reg * float(k.diagonal().mean())
         ref = cross @ torch.linalg.solve(k + shift * torch.eye(args.n, dtype=k.dtype), y)
         report("dense", time.perf_counter() - start, ref)
-    if "cholesky" in routes:
+    for method in ("cholesky", "auto", "cg"):
+        if method not in routes:
+            continue
         start = time.perf_counter()
-        sol = linalg.solve(
-            linalg.ArchKernel(arch, x, memory_budget=budget), y, diag_reg=args.diag_reg, method="cholesky"
-        )
-        report("cholesky", time.perf_counter() - start, sol.predict(cross))
-    if "auto" in routes:
-        start = time.perf_counter()
-        sol = linalg.solve(
-            linalg.ArchKernel(arch, x, memory_budget=budget),
-            y,
-            diag_reg=args.diag_reg,
-            method="auto",
-            progress=True,
-        )
-        report(f"auto:{sol.method}", time.perf_counter() - start, sol.predict(cross), sol.iterations)
-        if sol.residual is not None:
+        op = linalg.ArchKernel(arch, x, memory_budget=budget)
+        sol = linalg.solve(op, y, diag_reg=args.diag_reg, method=method, progress=method != "cholesky")
+        name = f"auto:{sol.method}" if method == "auto" else method
+        report(name, time.perf_counter() - start, sol.predict(cross), sol.iterations)
+        if method == "auto" and sol.residual is not None:
             print(f"  auto chose {sol.method}; relative residual reached {sol.residual:.2e}", flush=True)
-    if "cg" in routes:
-        start = time.perf_counter()
-        sol = linalg.solve(
-            linalg.ArchKernel(arch, x, memory_budget=budget),
-            y,
-            diag_reg=args.diag_reg,
-            method="cg",
-            progress=True,
-        )
-        report("cg", time.perf_counter() - start, sol.predict(cross), sol.iterations)
     if "nystrom" in routes:
         start = time.perf_counter()
         op = linalg.ArchKernel(arch, x, cache=False, memory_budget=budget)
@@ -111,8 +97,7 @@ def main() -> None:
         from sklearn.kernel_ridge import KernelRidge
 
         start = time.perf_counter()
-        kk = arch.kernel(x, get="ntk").ntk if k is None else k
-        shift = args.diag_reg * float(kk.diagonal().mean())
+        kk, shift = dense_kernel()
         krr = KernelRidge(alpha=shift, kernel="precomputed").fit(kk.numpy(), y.numpy())
         report("krr", time.perf_counter() - start, torch.from_numpy(krr.predict(cross.numpy())))
     if "gpytorch" in routes:
@@ -123,8 +108,7 @@ def main() -> None:
         from linear_operator import settings as lo
 
         start = time.perf_counter()
-        kk = arch.kernel(x, get="ntk").ntk if k is None else k
-        shift = args.diag_reg * float(kk.diagonal().mean())
+        kk, shift = dense_kernel()
         rank = min(args.n, max(100, int(2 * args.n**0.5)))
         with (
             lo.max_cholesky_size(0), lo.cg_tolerance(1e-8),
