@@ -3,16 +3,17 @@
 The closed-form kernel maps spend most of their time in two elementwise functions, arcsin and sqrt. On the
 AVX-512 machines this project is measured on (torch 2.13, numpy 2.4, float64, one thread, 2^18 entries in
 cache) torch.asin takes 4.1 ns per entry and torch.sqrt 2.0-2.5 ns, numpy's arcsin 1.1 ns (its AVX-512 loop)
-and numpy's sqrt 1.0 ns. sqrt is correctly rounded in both libraries; numpy's float64 arcsin was checked against
-120-bit mpmath on 35,000 points including both ends of [-1, 1]: 1 ulp at most, as torch's (tests/layers check
-it against Python's math). Its float32 loop is off by up to 3 ulps where torch's keeps 1, so float32 stays
-with torch. numpy runs one thread; splitting the work over a second Python thread was measured no faster on two
-cores, where torch's OpenMP workers keep spinning between operations.
+and numpy's sqrt 1.0 ns; with two threads torch.sqrt takes 0.8 ns (AMD EPYC, 2 cores). sqrt is correctly
+rounded in both libraries; numpy's float64 arcsin was checked against 120-bit mpmath on 35,000 points including
+both ends of [-1, 1]: 1 ulp at most, as torch's (tests/layers check it against Python's math). Its float32 loop
+is off by up to 3 ulps where torch's keeps 1, so float32 stays with torch. numpy runs one thread; splitting the
+work over a second Python thread was measured no faster on two cores, where torch's OpenMP workers keep
+spinning between operations.
 
 What is used where is fixed per machine, never timed at run time, so results are deterministic: numpy's float64
-arcsin only where `numpy.lib.introspect.opt_func_info` reports a SIMD loop for it (numpy >= 2.1), otherwise torch's;
-numpy's sqrt always on CPU (bitwise equal to torch's). Tensors whose entries do not fill one block of memory
-go to torch.
+arcsin only where `numpy.lib.introspect.opt_func_info` reports a SIMD loop for it (numpy >= 2.1), otherwise
+torch's; numpy's sqrt on CPU when torch runs one thread, torch's otherwise (the two are bitwise equal). Tensors
+whose entries do not fill one block of memory go to torch.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def asin(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def sqrt(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out = sqrt(x) (`out` may be `x`), correctly rounded."""
-    if _numpy_ok(x, out) and _numpy_apply(np.sqrt, x, out) is not None:
+    if torch.get_num_threads() == 1 and _numpy_ok(x, out) and _numpy_apply(np.sqrt, x, out) is not None:
         return out
     return torch.sqrt(x, out=out)
 

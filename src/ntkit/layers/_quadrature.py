@@ -96,10 +96,9 @@ def snap_tolerance(dtype: torch.dtype) -> float:
 
 def _safe_rsqrt(s: torch.Tensor) -> torch.Tensor:
     """1 / sqrt(s) where s > 0, else 0 (a zero-variance point has correlation 0 with everything)."""
-    positive = s > 0
-    return torch.where(
-        positive, torch.rsqrt(torch.where(positive, s, torch.ones_like(s))), torch.zeros_like(s)
-    )
+    # rsqrt gives inf at +-0 and NaN below: both become 0 (two operations where masking took six; these run
+    # on every tile's variance vectors).
+    return torch.rsqrt(s).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class QuadratureAccuracyWarning(RuntimeWarning):
