@@ -98,7 +98,7 @@ def _safe_rsqrt(s: torch.Tensor) -> torch.Tensor:
     """1 / sqrt(s) where s > 0, else 0 (a zero-variance point has correlation 0 with everything)."""
     # rsqrt gives inf at +-0 and NaN below: both become 0 (two operations where masking took six; these run
     # on every tile's variance vectors).
-    return torch.rsqrt(s).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.rsqrt(s).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # not in place: autograd keeps rsqrt
 
 
 class QuadratureAccuracyWarning(RuntimeWarning):
