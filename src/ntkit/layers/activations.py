@@ -158,11 +158,6 @@ class Activation(Layer):
 # ------------------------------------------------------------------------------------------------------------
 # phi(s) = a s + b |s|
 # ------------------------------------------------------------------------------------------------------------
-def _safe_rsqrt(s: torch.Tensor) -> torch.Tensor:
-    """1 / sqrt(s) where s > 0, else 0: a zero-variance point gets correlation 0 (theta = pi / 2)."""
-    return _quadrature._safe_rsqrt(s)
-
-
 def _sqrt_one_minus_square(rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sqrt((1 - rho)(1 + rho)) in the per-thread workspace, a fresh tensor the caller may use as output).
 
