@@ -101,6 +101,13 @@ def main() -> None:
         default=1,
         help="cnn: timed neural-tangents calls after its compiling call (the pooled ones take minutes)",
     )
+    parser.add_argument(
+        "--route",
+        choices=["fused", "eager"],
+        default="fused",
+        help="cnn: which of ntkit's two routes (both are timed) the ratios use: the fused loops "
+        "(NTKIT_COMPILE=1; timed after the compiling call, as neural-tangents is) or eager",
+    )
     parser.add_argument("--peer-python", default="/tmp/ntkit-peers/bin/python")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -296,15 +303,31 @@ def run_cnn(args: argparse.Namespace) -> None:
         f"CNN, float64: {_CNN_DEPTH} x [Conv({_CNN_CHANNELS}, 3x3, same, w_std 1, b_std 0), ReLU], "
         f"{_CNN_SIDE}x{_CNN_SIDE} one-channel images (P = {positions} positions), readout + Dense(1); "
         f"K(X, X) NNGP + NTK\n"
-        f"ntkit: best of {args.repeats} after a warm-up; neural-tangents 0.6.5 (jit): best of "
-        f"{args.peer_repeats} after its compiling call\n"
+        f"ntkit: best of {args.repeats} after a warm-up, eagerly and with its fused loops (torch.compile); the "
+        f"table uses the {args.route} route. neural-tangents 0.6.5 (jit): best of {args.peer_repeats} after its "
+        "compiling call\n"
     )
     results = []
     for readout, n in cases:
         x = x_all[:n]
         arch = cnn_arch(readout)
-        arch.kernel(x, progress=False)  # warm-up
-        t_ntkit, k = best_of(lambda arch=arch, x=x: arch.kernel(x, progress=False), args.repeats)
+        routes = {}
+        for route, setting in (("eager", "0"), ("fused", "1")):
+            os.environ["NTKIT_COMPILE"] = setting
+            start = time.perf_counter()
+            arch.kernel(x, progress=False)  # warm-up (the fused route compiles its loops here)
+            first = time.perf_counter() - start
+            t, k_route = best_of(lambda arch=arch, x=x: arch.kernel(x, progress=False), args.repeats)
+            routes[route] = (t, first, k_route)
+        os.environ.pop("NTKIT_COMPILE")
+        t_ntkit, _, k = routes[args.route]
+        t_eager, t_fused = routes["eager"][0], routes["fused"][0]
+        fused_first, k_eager, k_fused = routes["fused"][1], routes["eager"][2], routes["fused"][2]
+        print(
+            f"  {readout} n = {n}: eager {t_eager:.3f} s, fused {t_fused:.3f} s (first call {fused_first:.1f} s, "
+            f"compiling included), fused / eager agreement {_differences(k_fused.ntk, k_eager.ntk)[0]:.1e}",
+            flush=True,
+        )
         peer = _run_peer(args, readout, x)
         per_pair = positions**2 if readout == "gap" else positions
         entries = n * (n + 1) // 2 * per_pair * _CNN_DEPTH

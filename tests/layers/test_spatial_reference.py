@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from ntkit.layers import (
     ReLU,
     Residual,
     Serial,
+    _fused,
 )
 
 
@@ -331,12 +333,29 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("route", ["eager", "fused"])
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_spatial_kernels_match_the_brute_force_recursion(case):
+def test_spatial_kernels_match_the_brute_force_recursion(case, route, monkeypatch):
+    # "fused": the torch.compile'd loops of layers/_fused.py (TorchInductor's C++ backend: needs a compiler).
+    if route == "fused" and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler for TorchInductor")
+    monkeypatch.setenv("NTKIT_COMPILE", "1" if route == "fused" else "0")
+    fused_calls = []
+    run = _fused.run
+
+    def counting_run(fn, *args):
+        done, result = run(fn, *args)
+        fused_calls.append(done)
+        return done, result
+
+    monkeypatch.setattr(_fused, "run", counting_run)
     arch, ref, shape = case()
     generator = torch.Generator().manual_seed(11)
     x = torch.randn(3, *shape, generator=generator, dtype=torch.float64)
     k = arch.kernel(x)
+    # The fused route ran fused loops where the whole spatial covariance is kept (pooling), the eager route none.
+    pooled = arch.requires_full(False)
+    assert (all(fused_calls) and bool(fused_calls) == pooled) if route == "fused" else not fused_calls
     for i in range(3):
         for j in range(3):
             expected = ref(_to_numpy(x[i]), _to_numpy(x[j]), same=i == j)

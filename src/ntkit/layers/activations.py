@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_int, check_real
-from . import _elementwise, _quadrature
+from . import _elementwise, _fused, _quadrature
 from .base import Layer
 from .state import KernelState, LayerError, Shape
 
@@ -111,14 +111,24 @@ class Activation(Layer):
             )
         v1, v2 = state.pair_variances()
         need_dot = state.need_ntk and state.ntk is not None
-        nngp, dot = self.kernel_map(state.nngp, v1, v2, need_dot=need_dot)
-        ntk = state.ntk.mul_(dot) if need_dot and dot is not None else state.ntk
+        if self._fused_map(state.nngp, state.ntk if need_dot else None, v1, v2):
+            nngp, ntk = state.nngp, state.ntk
+        else:
+            nngp, dot = self.kernel_map(state.nngp, v1, v2, need_dot=need_dot)
+            ntk = state.ntk.mul_(dot) if need_dot and dot is not None else state.ntk
         return state.replace(
             nngp=nngp,
             ntk=ntk,
             **state.map_covariances(lambda cov: self._self_map(state, cov)),
             gaussian=False,
         )
+
+    def _fused_map(
+        self, s12: torch.Tensor, ntk: torch.Tensor | None, s11: torch.Tensor, s22: torch.Tensor
+    ) -> bool:
+        """s12 <- S_new and ntk <- ntk Sdot in one fused loop (see `_fused`), if this activation has one and it
+        applies here; False leaves both untouched for `kernel_map`."""
+        return False
 
     def _self_map(self, state: KernelState, cov: torch.Tensor) -> torch.Tensor:
         """The map on one side's self-covariance: on the variances alone, unless the whole spatial covariance
@@ -218,6 +228,29 @@ class AbsLinear(Activation):
         sd1 = torch.sqrt(s11.clamp(min=0))
         value.mul_(sd1.mul_(c) if c > 0.0 else sd1).mul_(torch.sqrt(s22.clamp(min=0)))
         return value, (dot if need_dot else None)
+
+    def _fused_map(
+        self, s12: torch.Tensor, ntk: torch.Tensor | None, s11: torch.Tensor, s22: torch.Tensor
+    ) -> bool:
+        if (
+            self.b == 0.0  # linear: the eager map is exact
+            or not _fused.usable(s12, s11, s22)
+            or s12.shape != _quadrature.broadcast_shape(s12, s11, s22)
+        ):
+            return False
+        args = (
+            s12,
+            ntk,
+            _quadrature._safe_rsqrt(s11),
+            _quadrature._safe_rsqrt(s22),
+            torch.sqrt(s11.clamp(min=0)),
+            torch.sqrt(s22.clamp(min=0)),
+            self.a * self.a,
+            2.0 * self.b * self.b / math.pi,
+            _quadrature.snap_tolerance(s12.dtype),
+        )
+        done, _ = _fused.run(_fused.abs_linear_, *args)
+        return done
 
     def _config(self) -> tuple:
         return (self.a, self.b)

@@ -21,7 +21,7 @@ instead of |k_1| |k_2|.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_choice, check_int
+from . import _fused
 from .base import Layer
 from .dense import _set_affine
 from .state import KernelState, LayerError, Shape
@@ -281,12 +282,35 @@ class Conv(Layer):
                 x = window_sum(x, (i, k + i) if state.full else (i,), axis, circular)
             return x
 
-        # The recursion of the module docstring, in as few passes over memory as the update allows.
         scale, b2 = self.w_std**2 / taps, (self.b_std or 0.0) ** 2
+
+        def self_map(cov: torch.Tensor) -> torch.Tensor:
+            cov = windows(cov)
+            return cov.mul_(scale).add_(b2)
+
+        done, kernels = False, None
+        if state.need_ntk and self.trainable and self.parametrization == "ntk" and _fused.usable(state.nngp):
+            geometry = tuple((a.size, a.stride, a.lo, a.hi, a.out) for a in axes)
+            done, kernels = _fused.run(
+                _fused.conv_ntk, state.nngp, state.ntk, geometry, state.full, circular, scale, b2
+            )
+        s, t = kernels if done else self._eager_map(state, windows, scale, b2)
+        return state.replace(
+            nngp=s,
+            ntk=t,
+            **state.map_covariances(self_map),
+            shape=self.out_shape(state.shape),
+            gaussian=True,
+        )
+
+    def _eager_map(
+        self, state: KernelState, windows: Callable[[torch.Tensor], torch.Tensor], scale: float, b2: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(S', T') of the module docstring, in as few passes over memory as the update allows."""
         need_ntk, trainable = state.need_ntk, self.trainable
+        standard = self.parametrization == "standard"
         s = windows(state.nngp)
         t = None if state.ntk is None or not need_ntk else windows(state.ntk)
-        standard = self.parametrization == "standard"
         if t is not None and (standard or not trainable) and scale != 1.0:
             t.mul_(scale)
         if need_ntk and trainable and standard:
@@ -301,18 +325,7 @@ class Conv(Layer):
             s.add_(b2)
         if need_ntk and trainable and not standard:
             t = s.clone() if t is None else torch.add(s, t, alpha=scale, out=t)
-
-        def self_map(cov: torch.Tensor) -> torch.Tensor:
-            cov = windows(cov)
-            return cov.mul_(scale).add_(b2)
-
-        return state.replace(
-            nngp=s,
-            ntk=t,
-            **state.map_covariances(self_map),
-            shape=self.out_shape(state.shape),
-            gaussian=True,
-        )
+        return s, t
 
     def module(self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:
         axes = self._geometry(in_shape)

@@ -13,6 +13,7 @@ import torch
 
 from .. import tiling
 from .._validation import as_float_tensor, check_choice, check_real
+from . import _fused
 from .state import KernelState, LayerError, SelfCovarianceTape
 
 if TYPE_CHECKING:
@@ -140,20 +141,25 @@ def compute_kernel(
         return _tile(arch, x1[rows], xb[cols], rows_cov, cols_cov, full, need_ntk, replay)
 
     key = tiling.fingerprint(arch.fingerprint(), x1, x2) if store is not None else ""
-    result = tiling.run_blocks(
-        block,
-        names,
-        x1.shape[0],
-        xb.shape[0],
-        dtype=x1.dtype,
-        device=x1.device,
-        symmetric=symmetric,
-        tile=tile,
-        store=store,
-        key=key,
-        progress=progress,
-        description="infinite-width kernel",
-    )
+    # Fused loops (see _fused) for full spatial covariances, where the work amortises compiling them; the
+    # spatial diagonal's tiles (Flatten readouts) are cheap per pair, and fusing them was measured no faster.
+    pairs = x1.shape[0] * (x1.shape[0] + 1) / 2 if symmetric else x1.shape[0] * xb.shape[0]
+    fuse = full and len(in_shape) > 1 and _fused.wanted(pairs * entries * len(probe.records))
+    with _fused.enabled(fuse):
+        result = tiling.run_blocks(
+            block,
+            names,
+            x1.shape[0],
+            xb.shape[0],
+            dtype=x1.dtype,
+            device=x1.device,
+            symmetric=symmetric,
+            tile=tile,
+            store=store,
+            key=key,
+            progress=progress,
+            description="infinite-width kernel",
+        )
     return Kernel(nngp=result.get("nngp"), ntk=result.get("ntk"))
 
 
