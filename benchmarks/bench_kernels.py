@@ -10,10 +10,15 @@ fc   ReLU MLP, depth 4, width 512, b_std 0.1, against neural-tangents and the te
 cnn  issue 8's CNN, float64: 3 x [Conv(64, 3x3, "same", w_std 1, b_std 0), ReLU] on 8x8 one-channel images,
      then a readout: GlobalAvgPool + Dense(1) (full P x P spatial covariance, P = 64 positions) at
      --gap-n (default 100, 200), and Flatten + Dense(1) (spatial diagonal only) at --flatten-n (default 200,
-     1000). Each case prints ntkit's and neural-tangents' best time, their ratio, and their agreement (largest
+     1000). ntkit runs twice per case, eagerly (NTKIT_COMPILE=0) and with its fused loops (NTKIT_COMPILE=1,
+     layers/_fused.py: torch.compile'd loops for pooled kernels; Flatten's diagonal states stay eager), each
+     timed after a warm-up call that also compiles, whose time is printed (on a cold TorchInductor cache it
+     is tens of seconds; later processes find the loops on disk). Each case prints ntkit's (--route, default
+     fused) and neural-tangents' best time, their ratio, and their agreement (largest
      relative difference of NTK and NNGP, off the diagonal and on it). For every case it also prints what
-     bounds ntkit: the asin floor, that is the arcsin ntkit's kernel maps call (numpy's SIMD loop where numpy
-     has one for this CPU, else torch.asin; float64) timed here over one entry per spatial pair
+     bounds ntkit: the asin floor, that is the arcsin ntkit's eager kernel maps call (numpy's SIMD loop where
+     numpy has one for this CPU, else torch.asin; float64; the fused loops use SLEEF's, which on 2 threads
+     runs about as fast as numpy's on one) timed here over one entry per spatial pair
      (P^2 for pooling, P for Flatten) per input pair per ReLU layer, for the n (n + 1) / 2 pairs a symmetric
      K(X, X) needs (ReLU's map takes one arcsin per entry), and ntkit's time as a multiple of that floor; and
      how many full passes over the same entries (read + write) ntkit's time would buy at the bandwidth of an
@@ -332,25 +337,26 @@ def run_cnn(args: argparse.Namespace) -> None:
         per_pair = positions**2 if readout == "gap" else positions
         entries = n * (n + 1) // 2 * per_pair * _CNN_DEPTH
         t_asin, t_pass = _floors(entries)
-        results.append((readout, n, t_ntkit, k, peer, per_pair, entries, t_asin, t_pass))
+        results.append((readout, n, t_ntkit, k, peer, per_pair, entries, t_asin, t_pass, t_eager))
         peer_s = f"{peer[0]:.2f} s" if isinstance(peer, tuple) else "-"
         print(f"  done: {readout} n = {n}: ntkit {t_ntkit:.3f} s, neural-tangents {peer_s}", flush=True)
 
     print(
-        f"\n{'case':<34} {'ntkit s':>9} {'n-t s':>9} {'n-t / ntkit':>12}   agreement: NTK off / on diag, NNGP off / on"
+        f"\n{'case':<34} {'ntkit s':>9} {'n-t s':>9} {'n-t / ntkit':>12} {'eager s':>8}   "
+        "agreement: NTK off / on diag, NNGP off / on"
     )
-    for readout, n, t_ntkit, k, peer, *_ in results:
+    for readout, n, t_ntkit, k, peer, *_, t_eager in results:
         name = f"{'GlobalAvgPool' if readout == 'gap' else 'Flatten'} + Dense(1), n = {n}"
         if isinstance(peer, tuple):
             t_peer, ref = peer
             ntk = _differences(k.ntk, ref["ntk"])
             nngp = _differences(k.nngp, ref["nngp"])
             print(
-                f"{name:<34} {t_ntkit:>9.3f} {t_peer:>9.3f} {t_peer / t_ntkit:>11.1f}x   "
+                f"{name:<34} {t_ntkit:>9.3f} {t_peer:>9.3f} {t_peer / t_ntkit:>11.1f}x {t_eager:>8.3f}   "
                 f"{ntk[0]:.1e} / {ntk[1]:.1e}, {nngp[0]:.1e} / {nngp[1]:.1e}"
             )
         else:
-            print(f"{name:<34} {t_ntkit:>9.3f} {'-':>9} {'-':>12}   neural-tangents {peer}")
+            print(f"{name:<34} {t_ntkit:>9.3f} {'-':>9} {'-':>12} {t_eager:>8.3f}   neural-tangents {peer}")
     print(
         "(agreement: largest |ntkit - neural-tangents| / max |neural-tangents|. neural-tangents computes all n^2 "
         "pairs,\n ntkit the blocks on and above the diagonal. On the diagonal neural-tangents takes arccos of a "
@@ -367,7 +373,7 @@ def run_cnn(args: argparse.Namespace) -> None:
         f"{'case':<34} {'entries':>9} {'asin s':>8} {'ntkit / asin':>13} {'GB/s':>7} {'pass s':>8} "
         f"{'ntkit = passes':>15} {'asin = passes':>14}"
     )
-    for readout, n, t_ntkit, _, _, _, entries, t_asin, t_pass in results:
+    for readout, n, t_ntkit, _, _, _, entries, t_asin, t_pass, _ in results:
         name = f"{'GlobalAvgPool' if readout == 'gap' else 'Flatten'}, n = {n} ({'P^2' if readout == 'gap' else 'P'})"
         bandwidth = 16 * entries / t_pass / 1e9
         print(
