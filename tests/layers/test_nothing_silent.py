@@ -38,6 +38,19 @@ def test_underflow_at_depth_2000_warns():
         deep.kernel(_x(), _x(n=2) + 1.0)
 
 
+def test_underflow_of_a_pooled_cnn_warns_with_and_without_the_self_covariance_tape():
+    # float32's normal range ends at 2^-126: 140 ReLU convolutions at w_std = 1 halve the variance each time.
+    # With the tape (the default) the recording pass checks every input once; with a budget too small for the
+    # tape, each tile checks its own.
+    from ntkit.layers import Conv, GlobalAvgPool
+
+    deep = Serial(*[m for _ in range(140) for m in (Conv(2, 3), ReLU())], GlobalAvgPool(), Dense(1))
+    x = torch.randn(3, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    for budget in (None, 3000):
+        with pytest.warns(KernelUnderflowWarning, match="underflowed"):
+            deep.kernel(x, memory_budget=budget)
+
+
 @pytest.mark.parametrize(("dtype", "depth"), [(torch.float64, 1100), (torch.float32, 140)])
 def test_overflow_of_deep_w_std_2_networks_raises(dtype, depth):
     # ReLU with w_std = 2 doubles the variance at every layer: 2^1100 overflows float64, 2^140 float32.

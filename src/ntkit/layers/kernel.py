@@ -128,8 +128,8 @@ def compute_kernel(
     tape_bytes = (len(probe.records) + 1) * entries * examples * itemsize
     tape1 = tape2 = None
     if len(in_shape) > 1 and tape_bytes <= budget // 2:
-        tape1 = _record(arch, x1, full, need_ntk)
-        tape2 = tape1 if symmetric else _record(arch, xb, full, need_ntk)
+        tape1 = _record(arch, x1, full, need_ntk, check=True)
+        tape2 = tape1 if symmetric else _record(arch, xb, full, need_ntk, check=True)
         budget -= tape_bytes
     live = (_LIVE_SPATIAL if len(in_shape) > 1 else _LIVE_FEATURES) * arch.block_cost * entries
     tile = _tile_side(budget, itemsize, live, spatial=len(in_shape) > 1)
@@ -207,13 +207,17 @@ def _self_covariance(x: torch.Tensor, full: bool) -> torch.Tensor:
     return cov.permute(1, 2, 0).reshape(*spatial, *spatial, n)
 
 
-def _record(arch: Layer, x: torch.Tensor, full: bool, need_ntk: bool) -> SelfCovarianceTape:
+def _record(
+    arch: Layer, x: torch.Tensor, full: bool, need_ntk: bool, check: bool = False
+) -> SelfCovarianceTape:
     """The self-covariances of every example of `x` after every layer: the network run on the pairs of each
-    example with the first one, recording."""
+    example with the first one, recording (`check`: warn if an output variance underflowed)."""
     tape = SelfCovarianceTape()
     first = x[:1]
-    state = _state(x, first, _self_covariance(x, full), _self_covariance(first, full), full, need_ntk, tape)
-    arch.map_state(state)
+    cov = _self_covariance(x, full)
+    final = arch.map_state(_state(x, first, cov, _self_covariance(first, full), full, need_ntk, tape))
+    if check:
+        _check_underflow(cov, final.cov1)
     return tape
 
 
@@ -274,9 +278,10 @@ def _tile(
 ) -> dict[str, torch.Tensor]:
     """The whole recursion for one tile of rows `xa` against columns `xb`: (a, b) NNGP and NTK blocks."""
     state = arch.map_state(_state(xa, xb, cov1, cov2, full, need_ntk, tape))
-    _check_underflow(cov1, state.cov1)
-    if cov2 is not None:
-        _check_underflow(cov2, state.cov2)
+    if tape is None:  # (with a tape, the recording checked every input once)
+        _check_underflow(cov1, state.cov1)
+        if cov2 is not None:
+            _check_underflow(cov2, state.cov2)
     if cov2 is None:
         # Identical inputs: the diagonal is each example's own variance, exactly as its self-covariance says.
         state.nngp.diagonal().copy_(state.cov1)

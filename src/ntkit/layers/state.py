@@ -78,6 +78,10 @@ class KernelState:
         """The spatial diagonal S(x, x)[p, p] of a self-covariance `cov` (*pos, n): shape (*spatial, n)."""
         if not self.full or not self.spatial:
             return cov
+        if self.tape is not None:
+            replayed = self.tape.variances(self, cov)
+            if replayed is not None:
+                return replayed
         n, positions = cov.shape[-1], math.prod(self.spatial)
         diagonal = cov.reshape(positions, positions, n).diagonal(dim1=0, dim2=1)  # (n, P)
         # A copy, not a view: maps overwrite covariances in place while they still read the variances. Laid out
@@ -139,6 +143,10 @@ class SelfCovarianceTape:
         self._cols: slice | None = None
         self._columns: SelfCovarianceTape | None = None
         self._position = 0
+        # Per record, the variances (spatial diagonals) of all inputs, computed once on first use and shared by
+        # every replay of this recording; and what the latest replayed step handed out, to recognise it.
+        self._variances: dict[int, torch.Tensor] = {}
+        self._replayed: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
 
     def replay(
         self, rows: slice, cols: slice | None, columns: SelfCovarianceTape | None = None
@@ -147,6 +155,7 @@ class SelfCovarianceTape:
         for `cols` (None: a diagonal tile, whose cov2 is cov1)."""
         tape = SelfCovarianceTape()
         tape.records = self.records
+        tape._variances = self._variances
         tape._rows, tape._cols = rows, cols
         tape._columns = self if columns is None else columns
         return tape
@@ -162,10 +171,28 @@ class SelfCovarianceTape:
         position = self._position
         self._position += 1
         assert self._columns is not None
-        return {
-            "cov1": self.records[position][..., self._rows],
-            "cov2": None if self._cols is None else self._columns.records[position][..., self._cols],
-        }
+        cov1 = self.records[position][..., self._rows]
+        cov2 = None if self._cols is None else self._columns.records[position][..., self._cols]
+        self._replayed = (position, cov1, cov2)
+        return {"cov1": cov1, "cov2": cov2}
+
+    def variances(self, state: KernelState, cov: torch.Tensor) -> torch.Tensor | None:
+        """`state.variances(cov)` if `cov` is what the latest step replayed (None otherwise): sliced from the
+        variances of all inputs, which each record computes once instead of once per tile."""
+        if self._replayed is None:
+            return None
+        position, cov1, cov2 = self._replayed
+        if cov is cov1:
+            source, index = self, self._rows
+        elif cov is cov2:
+            assert self._columns is not None
+            source, index = self._columns, self._cols
+        else:
+            return None
+        every = source._variances.get(position)
+        if every is None:
+            every = source._variances[position] = state.replace(tape=None).variances(source.records[position])
+        return every[..., index]
 
 
 class LayerError(ValueError):
