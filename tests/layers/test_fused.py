@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ntkit.layers import Conv, Dense, GlobalAvgPool, ReLU, Serial, _fused
+from ntkit.layers import kernel as kernel_driver
 
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler for TorchInductor")
 
@@ -69,13 +70,17 @@ def test_small_kernels_stay_eager_by_default(monkeypatch, calls):
     assert calls == []
 
 
-def test_a_failing_compiler_warns_once_and_gives_the_eager_values(monkeypatch, fresh, calls):
+@pytest.mark.parametrize("where", ["compile", "call"])
+def test_a_failing_compiler_warns_once_and_gives_the_eager_values(monkeypatch, fresh, calls, where):
     x = _images(4)
     monkeypatch.setenv("NTKIT_COMPILE", "0")
     eager = _cnn().kernel(x)
 
     def broken_compile(fn, **options):
-        def compiled(*args):
+        if where == "compile":  # torch.compile itself refuses (an unsupported platform)
+            raise RuntimeError("no working C++ compiler")
+
+        def compiled(*args):  # the compiler fails on the first call, as TorchInductor's C++ build would
             raise RuntimeError("no working C++ compiler")
 
         return compiled
@@ -112,3 +117,39 @@ def test_fused_route_keeps_dtype_duplicates_and_agrees_with_eager(monkeypatch, c
         # theta = 0 exactly for the duplicate: the off-diagonal pair equals the diagonal to rounding of the
         # final sums, far below what theta ~ 1e-8 (an unsnapped correlation 1 - eps) would change.
         torch.testing.assert_close(got[1, 3], got[1, 1], rtol=8 * torch.finfo(dtype).eps, atol=0)
+
+
+@needs_compiler
+def test_fused_cross_kernel_over_several_tiles_agrees_with_eager(monkeypatch, calls):
+    # K(x1, x2) with x1 != x2: tiles of 2 x 2 pairs (as many entries as 1600 per tensor), each replaying both
+    # inputs' self-covariance tapes (and their cached variances).
+    monkeypatch.setattr(kernel_driver, "_CACHE_ENTRIES", 1600)
+    x1, x2 = _images(4), _images(6)[2:] * 0.7
+    monkeypatch.setenv("NTKIT_COMPILE", "0")
+    eager = _cnn().kernel(x1, x2)
+    monkeypatch.setenv("NTKIT_COMPILE", "1")
+    fused = _cnn().kernel(x1, x2)
+    assert calls and all(calls) and len(calls) == 4 * 4  # 4 tiles, 4 fused maps each
+    torch.testing.assert_close(fused.ntk, eager.ntk, rtol=1e-13, atol=0)
+    torch.testing.assert_close(fused.nngp, eager.nngp, rtol=1e-13, atol=0)
+
+
+@needs_compiler
+def test_more_tile_shapes_than_kept_loops_fall_back_per_call(monkeypatch, fresh, calls):
+    monkeypatch.setattr(_fused, "_RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(_fused, "_FULL", [])
+    # images of a shape no other test uses (dynamo keeps its loops per function across torch.compile calls);
+    # the first Conv (no NTK yet) takes the one loop allowed, the second Conv's map needs another
+    x = torch.randn(5, 1, 6, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    monkeypatch.setenv("NTKIT_COMPILE", "0")
+    eager = _cnn().kernel(x)
+    monkeypatch.setenv("NTKIT_COMPILE", "1")
+    with pytest.warns(RuntimeWarning, match="keeps at most 1 fused loops per kernel map"):
+        limited = _cnn().kernel(x)
+    assert False in calls and not _fused._BROKEN  # those calls ran eagerly; the route itself stays on
+    torch.testing.assert_close(limited.ntk, eager.ntk, rtol=1e-13, atol=0)
+    calls.clear()
+    monkeypatch.setattr(_fused, "_RECOMPILE_LIMIT", 64)
+    fused = _cnn().kernel(x)
+    assert calls and all(calls)
+    torch.testing.assert_close(fused.ntk, eager.ntk, rtol=1e-13, atol=0)

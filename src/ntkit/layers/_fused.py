@@ -32,6 +32,7 @@ _BROKEN: list[str] = []  # why compiling failed, once it has: the fused route st
 _COMPILED: dict[Callable, Callable] = {}
 _SEEN: dict[Callable, set] = {}  # the argument shapes each compiled function already has a loop for
 _RECOMPILE_LIMIT = 64
+_FULL: list[str] = []  # the functions that reached _RECOMPILE_LIMIT (warned about once)
 
 AUTO_WORK = 4e9
 """Entries x layers of a spatial recursion above which "auto" fuses: about 30 s eager on a 2-core EPYC, against
@@ -72,33 +73,54 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 
 def run(fn: Callable, *args: object) -> tuple[bool, object]:
-    """(True, fn(*args)) with fn compiled for these argument shapes, or (False, None) if compiling fails, after
-    which the fused route is off for the rest of the process (one warning says why)."""
+    """(True, fn(*args)) with fn compiled for these argument shapes, or (False, None) where the caller must take
+    the eager route: always once compiling has failed (a warning says why, once), and for a call that would
+    exceed the number of loops kept per function (a warning says so, once)."""
     if _BROKEN:
         return False, None
-    compiled = _COMPILED.get(fn)
-    if compiled is None:
-        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
     key = tuple((a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
     seen = _SEEN.setdefault(fn, set())
     try:
+        compiled = _COMPILED.get(fn)
+        if compiled is None:
+            compiled = _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
         if key in seen:
             return True, compiled(*args)
-        # A new shape compiles a new loop; dynamo's default of 8 per function is fewer than one kernel's tiles
-        # and architectures can need (each loop is small, and a shape that recurs is looked up, not rebuilt).
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        # A new shape compiles a new loop; dynamo's default of 8 per function is fewer than one kernel's tile
+        # shapes and architectures can need (each loop is small; a shape that recurs is looked up, not rebuilt).
+        config = torch._dynamo.config
+        # "recompile_limit" since torch 2.7, "cache_size_limit" before (and an alias after)
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        with config.patch(**{name: _RECOMPILE_LIMIT}):
             result = compiled(*args)
         seen.add(key)
         return True, result
     except Exception as err:  # whatever fails in the compiler stack, the eager route is right
+        # Both failures happen before the loop runs, so nothing has been written yet.
+        if type(err).__name__ == "FailOnRecompileLimitHit":
+            if not _FULL:
+                _FULL.append(fn.__name__)
+                warnings.warn(
+                    f"ntkit keeps at most {_RECOMPILE_LIMIT} fused loops per kernel map, and {fn.__name__} needs "
+                    "more (many tile shapes); further shapes are computed eagerly (the same values, slower)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return False, None
         _BROKEN.append(f"{type(err).__name__}: {err}")
         warnings.warn(
             f"ntkit could not compile its fused kernel loops ({_BROKEN[0]}); kernels are computed eagerly "
-            "(the same values, slower). Set NTKIT_COMPILE=0 to skip the attempt.",
+            "(the same values to rounding, slower). Set NTKIT_COMPILE=0 to skip the attempt.",
             RuntimeWarning,
             stacklevel=4,
         )
         return False, None
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A layer's constant as a 0-d tensor argument: compiled loops then serve every value (as Python floats,
+    each new w_std, b_std or slope would compile a new loop)."""
+    return torch.tensor(value, dtype=like.dtype)
 
 
 def abs_linear_(
@@ -108,8 +130,8 @@ def abs_linear_(
     inv2: torch.Tensor,
     sd1: torch.Tensor,
     sd2: torch.Tensor,
-    a2: float,
-    c: float,
+    a2: torch.Tensor,
+    c: torch.Tensor,
     snap: float,
 ) -> None:
     """AbsLinear's map in place: s12 <- S_new and ntk <- ntk Sdot for phi(s) = a s + b |s| (c = 2 b^2 / pi),
@@ -133,8 +155,8 @@ def conv_ntk(
     geometry: tuple[tuple[int, int, int, int, int], ...],
     full: bool,
     circular: bool,
-    scale: float,
-    b2: float,
+    scale: torch.Tensor,
+    b2: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv's NTK-parametrization update: S' = scale W(S) + b2, T' = scale W(T) + S' (W the window sums of
     conv.window_sum; `geometry` its per-axis (size, stride, lo, hi, out)), each one fused loop."""

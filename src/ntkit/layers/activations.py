@@ -245,8 +245,8 @@ class AbsLinear(Activation):
             _quadrature._safe_rsqrt(s22),
             torch.sqrt(s11.clamp(min=0)),
             torch.sqrt(s22.clamp(min=0)),
-            self.a * self.a,
-            2.0 * self.b * self.b / math.pi,
+            _fused.scalar(self.a * self.a, s12),
+            _fused.scalar(2.0 * self.b * self.b / math.pi, s12),
             _quadrature.snap_tolerance(s12.dtype),
         )
         done, _ = _fused.run(_fused.abs_linear_, *args)

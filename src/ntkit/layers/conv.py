@@ -292,7 +292,14 @@ class Conv(Layer):
         if state.need_ntk and self.trainable and self.parametrization == "ntk" and _fused.usable(state.nngp):
             geometry = tuple((a.size, a.stride, a.lo, a.hi, a.out) for a in axes)
             done, kernels = _fused.run(
-                _fused.conv_ntk, state.nngp, state.ntk, geometry, state.full, circular, scale, b2
+                _fused.conv_ntk,
+                state.nngp,
+                state.ntk,
+                geometry,
+                state.full,
+                circular,
+                _fused.scalar(scale, state.nngp),
+                _fused.scalar(b2, state.nngp),
             )
         s, t = kernels if done else self._eager_map(state, windows, scale, b2)
         return state.replace(

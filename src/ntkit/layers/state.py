@@ -192,7 +192,7 @@ class SelfCovarianceTape:
         every = source._variances.get(position)
         if every is None:
             every = source._variances[position] = state.replace(tape=None).variances(source.records[position])
-        return every[..., index]
+        return every[..., index].clone()  # a copy, as state.variances gives: the caller may write to it
 
 
 class LayerError(ValueError):
