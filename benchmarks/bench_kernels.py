@@ -11,7 +11,7 @@ cnn  issue 8's CNN, float64: 3 x [Conv(64, 3x3, "same", w_std 1, b_std 0), ReLU]
      then a readout: GlobalAvgPool + Dense(1) (full P x P spatial covariance, P = 64 positions) at
      --gap-n (default 100, 200), and Flatten + Dense(1) (spatial diagonal only) at --flatten-n (default 200,
      1000). ntkit runs twice per case, eagerly (NTKIT_COMPILE=0) and with its fused loops (NTKIT_COMPILE=1,
-     layers/_fused.py: torch.compile'd loops for pooled kernels; Flatten's diagonal states stay eager), each
+     layers/_fused.py: torch.compile'd loops for spatial kernels), each
      timed after a warm-up call that also compiles, whose time is printed (on a cold TorchInductor cache it
      is tens of seconds; later processes find the loops on disk). Each case prints ntkit's (--route, default
      fused) and neural-tangents' best time, their ratio, and their agreement (largest

@@ -141,10 +141,9 @@ def compute_kernel(
         return _tile(arch, x1[rows], xb[cols], rows_cov, cols_cov, full, need_ntk, replay)
 
     key = tiling.fingerprint(arch.fingerprint(), x1, x2) if store is not None else ""
-    # Fused loops (see _fused) for full spatial covariances, where the work amortises compiling them; the
-    # spatial diagonal's tiles (Flatten readouts) are cheap per pair, and fusing them was measured no faster.
+    # Fused loops (see _fused) for spatial states, where the work amortises compiling them.
     pairs = x1.shape[0] * (x1.shape[0] + 1) / 2 if symmetric else x1.shape[0] * xb.shape[0]
-    fuse = full and len(in_shape) > 1 and _fused.wanted(pairs * entries * len(probe.records))
+    fuse = len(in_shape) > 1 and _fused.wanted(pairs * entries * len(probe.records))
     with _fused.enabled(fuse):
         result = tiling.run_blocks(
             block,
