@@ -31,21 +31,6 @@ def fresh(monkeypatch):
     monkeypatch.setattr(_fused, "_SEEN", {})
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """The outcomes (True: ran fused) of every attempt to run a fused loop."""
-    outcomes: list[bool] = []
-    run = _fused.run
-
-    def counting_run(fn, *args):
-        done, result = run(fn, *args)
-        outcomes.append(done)
-        return done, result
-
-    monkeypatch.setattr(_fused, "run", counting_run)
-    return outcomes
-
-
 def test_setting_and_the_automatic_choice(monkeypatch):
     monkeypatch.setattr(_fused, "_BROKEN", [])
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
@@ -64,14 +49,14 @@ def test_setting_and_the_automatic_choice(monkeypatch):
     assert not _fused.wanted(1e15)
 
 
-def test_small_kernels_stay_eager_by_default(monkeypatch, calls):
+def test_small_kernels_stay_eager_by_default(monkeypatch, fused_calls):
     monkeypatch.delenv("NTKIT_COMPILE", raising=False)
     _cnn().kernel(_images(3))
-    assert calls == []
+    assert fused_calls == []
 
 
 @pytest.mark.parametrize("where", ["compile", "call"])
-def test_a_failing_compiler_warns_once_and_gives_the_eager_values(monkeypatch, fresh, calls, where):
+def test_a_failing_compiler_warns_once_and_gives_the_eager_values(monkeypatch, fresh, fused_calls, where):
     x = _images(4)
     monkeypatch.setenv("NTKIT_COMPILE", "0")
     eager = _cnn().kernel(x)
@@ -89,26 +74,26 @@ def test_a_failing_compiler_warns_once_and_gives_the_eager_values(monkeypatch, f
     monkeypatch.setenv("NTKIT_COMPILE", "1")
     with pytest.warns(RuntimeWarning, match="could not compile its fused kernel loops .*no working C"):
         fallen_back = _cnn().kernel(x)
-    assert calls[0] is False
+    assert fused_calls[0] is False
     # The failed attempt happens before any loop writes to the tile, so the values are the eager route's, bitwise.
     assert torch.equal(fallen_back.ntk, eager.ntk) and torch.equal(fallen_back.nngp, eager.nngp)
-    calls.clear()
+    fused_calls.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = _cnn().kernel(x)  # no second warning, and no second attempt
-    assert calls == [False] * len(calls) and torch.equal(again.ntk, eager.ntk)
+    assert fused_calls == [False] * len(fused_calls) and torch.equal(again.ntk, eager.ntk)
 
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_route_keeps_dtype_duplicates_and_agrees_with_eager(monkeypatch, calls, dtype):
+def test_fused_route_keeps_dtype_duplicates_and_agrees_with_eager(monkeypatch, fused_calls, dtype):
     x = _images(5, dtype)
     x[3] = x[1]  # a duplicated image: the pair (1, 3) has theta = 0 at every layer, as (1, 1) does
     monkeypatch.setenv("NTKIT_COMPILE", "0")
     eager = _cnn().kernel(x)
     monkeypatch.setenv("NTKIT_COMPILE", "1")
     fused = _cnn().kernel(x)
-    assert calls and all(calls)
+    assert fused_calls and all(fused_calls)
     tol = 1e-13 if dtype == torch.float64 else 1e-5  # both routes round the same formulas differently
     for name in ("nngp", "ntk"):
         got, want = getattr(fused, name), getattr(eager, name)
@@ -120,7 +105,7 @@ def test_fused_route_keeps_dtype_duplicates_and_agrees_with_eager(monkeypatch, c
 
 
 @needs_compiler
-def test_fused_cross_kernel_over_several_tiles_agrees_with_eager(monkeypatch, calls):
+def test_fused_cross_kernel_over_several_tiles_agrees_with_eager(monkeypatch, fused_calls):
     # K(x1, x2) with x1 != x2: tiles of 2 x 2 pairs (as many entries as 1600 per tensor), each replaying both
     # inputs' self-covariance tapes (and their cached variances).
     monkeypatch.setattr(kernel_driver, "_CACHE_ENTRIES", 1600)
@@ -129,13 +114,13 @@ def test_fused_cross_kernel_over_several_tiles_agrees_with_eager(monkeypatch, ca
     eager = _cnn().kernel(x1, x2)
     monkeypatch.setenv("NTKIT_COMPILE", "1")
     fused = _cnn().kernel(x1, x2)
-    assert calls and all(calls) and len(calls) == 4 * 4  # 4 tiles, 4 fused maps each
+    assert fused_calls and all(fused_calls) and len(fused_calls) == 4 * 4  # 4 tiles, 4 fused maps each
     torch.testing.assert_close(fused.ntk, eager.ntk, rtol=1e-13, atol=0)
     torch.testing.assert_close(fused.nngp, eager.nngp, rtol=1e-13, atol=0)
 
 
 @needs_compiler
-def test_more_tile_shapes_than_kept_loops_fall_back_per_call(monkeypatch, fresh, calls):
+def test_more_tile_shapes_than_kept_loops_fall_back_per_call(monkeypatch, fresh, fused_calls):
     monkeypatch.setattr(_fused, "_RECOMPILE_LIMIT", 1)
     monkeypatch.setattr(_fused, "_FULL", [])
     # images of a shape no other test uses (dynamo keeps its loops per function across torch.compile calls);
@@ -146,10 +131,11 @@ def test_more_tile_shapes_than_kept_loops_fall_back_per_call(monkeypatch, fresh,
     monkeypatch.setenv("NTKIT_COMPILE", "1")
     with pytest.warns(RuntimeWarning, match="keeps at most 1 fused loops per kernel map"):
         limited = _cnn().kernel(x)
-    assert False in calls and not _fused._BROKEN  # those calls ran eagerly; the route itself stays on
+    # those calls ran eagerly; the route itself stays on
+    assert False in fused_calls and not _fused._BROKEN
     torch.testing.assert_close(limited.ntk, eager.ntk, rtol=1e-13, atol=0)
-    calls.clear()
+    fused_calls.clear()
     monkeypatch.setattr(_fused, "_RECOMPILE_LIMIT", 64)
     fused = _cnn().kernel(x)
-    assert calls and all(calls)
+    assert fused_calls and all(fused_calls)
     torch.testing.assert_close(fused.ntk, eager.ntk, rtol=1e-13, atol=0)

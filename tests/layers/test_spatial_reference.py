@@ -32,7 +32,6 @@ from ntkit.layers import (
     ReLU,
     Residual,
     Serial,
-    _fused,
 )
 
 
@@ -335,20 +334,11 @@ CASES = [
 
 @pytest.mark.parametrize("route", ["eager", "fused"])
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_spatial_kernels_match_the_brute_force_recursion(case, route, monkeypatch):
+def test_spatial_kernels_match_the_brute_force_recursion(case, route, monkeypatch, fused_calls):
     # "fused": the torch.compile'd loops of layers/_fused.py (TorchInductor's C++ backend: needs a compiler).
     if route == "fused" and shutil.which("g++") is None:
         pytest.skip("no C++ compiler for TorchInductor")
     monkeypatch.setenv("NTKIT_COMPILE", "1" if route == "fused" else "0")
-    fused_calls = []
-    run = _fused.run
-
-    def counting_run(fn, *args):
-        done, result = run(fn, *args)
-        fused_calls.append(done)
-        return done, result
-
-    monkeypatch.setattr(_fused, "run", counting_run)
     arch, ref, shape = case()
     generator = torch.Generator().manual_seed(11)
     x = torch.randn(3, *shape, generator=generator, dtype=torch.float64)
