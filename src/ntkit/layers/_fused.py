@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import math
 import os
 import shutil
 import warnings
@@ -121,6 +122,20 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     """A layer's constant as a 0-d tensor argument: compiled loops then serve every value (as Python floats,
     each new w_std, b_std or slope would compile a new loop)."""
     return torch.tensor(value, dtype=like.dtype)
+
+
+def pair_factors(tile: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """`factor` (one side's per-example values, broadcasting against the (..., a, b) `tile`) with its last two
+    axes made the tile's, contiguous, when that copy is small next to the tile (full spatial covariances).
+
+    TorchInductor vectorises the innermost axes it can merge; a factor of shape (..., a, 1) or (..., 1, b)
+    stops the merge at b (8 for a typical spatial tile), and a vector of 16 doubles then always runs its masked
+    tail path, measured 1.3-1.5x slower for the ReLU loop than over the merged (a, b) axes.
+    """
+    shape = (*factor.shape[:-2], *tile.shape[-2:])
+    if factor.shape == shape or math.prod(shape) * 8 > tile.numel():
+        return factor
+    return factor.expand(shape).contiguous()
 
 
 def abs_linear_(

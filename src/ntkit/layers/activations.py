@@ -238,13 +238,14 @@ class AbsLinear(Activation):
             or s12.shape != _quadrature.broadcast_shape(s12, s11, s22)
         ):
             return False
+        rows, cols = _fused.pair_factors(s12, s11), _fused.pair_factors(s12, s22)
         args = (
             s12,
             ntk,
-            _quadrature._safe_rsqrt(s11),
-            _quadrature._safe_rsqrt(s22),
-            torch.sqrt(s11.clamp(min=0)),
-            torch.sqrt(s22.clamp(min=0)),
+            _quadrature._safe_rsqrt(rows),
+            _quadrature._safe_rsqrt(cols),
+            torch.sqrt(rows.clamp(min=0)),
+            torch.sqrt(cols.clamp(min=0)),
             _fused.scalar(self.a * self.a, s12),
             _fused.scalar(2.0 * self.b * self.b / math.pi, s12),
             _quadrature.snap_tolerance(s12.dtype),
